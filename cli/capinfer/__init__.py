@@ -1,0 +1,1 @@
+"""The capinfer command line: local cluster, benchmarks, characterization."""

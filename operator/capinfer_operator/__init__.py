@@ -1,0 +1,1 @@
+"""capinfer's Kubernetes operator: PowerCappedInference objects in, Triton Deployments out."""

@@ -1,0 +1,1 @@
+"""Pure power-cap controllers: observations in, knob settings out, time passed in."""
