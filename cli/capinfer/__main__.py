@@ -1,0 +1,5 @@
+import sys
+
+from capinfer.cli import main
+
+sys.exit(main())
