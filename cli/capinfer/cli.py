@@ -7,10 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from capinfer.commands import COMMANDS
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, no traceback."""
+from capinfer.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
