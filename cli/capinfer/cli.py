@@ -13,7 +13,9 @@ from capinfer.errors import UserError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capinfer",
-        description="capinfer: GPU inference under a power cap, with the most throughput it allows.",
+        description=(
+            "capinfer: GPU inference under a power cap, with the most throughput it allows."
+        ),
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:

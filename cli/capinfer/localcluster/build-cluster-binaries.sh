@@ -4,8 +4,8 @@
 # etcd, helm and kwok/kwokctl. Output goes to a cache outside the repository, one folder
 # per pinned version, so a second run is a no-op.
 #
-#   tools/build-cluster-binaries.sh            # build what is missing, print the bin dir
-#   CAPINFER_CACHE_DIR=/somewhere tools/...    # cache location (default ~/.cache/capinfer)
+#   build-cluster-binaries.sh                  # build what is missing, print the bin dir
+#   CAPINFER_CACHE_DIR=/somewhere build-...    # cache location (default ~/.cache/capinfer)
 set -euo pipefail
 
 # Pinned versions: change them here, nowhere else.
@@ -17,6 +17,18 @@ KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 CACHE_DIR="${CAPINFER_CACHE_DIR:-$HOME/.cache/capinfer}"
 BIN_DIR="$CACHE_DIR/bin/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-kwok-$KWOK_VERSION"
 WORK_DIR="$CACHE_DIR/build"
+
+ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm kwok kwokctl)
+
+all_cached() {
+    local b
+    for b in "${ALL_BINARIES[@]}"; do [[ -x "$BIN_DIR/$b" ]] || return 1; done
+}
+# The warm path: nothing to build, no toolchain or network needed.
+if all_cached; then
+    echo "$BIN_DIR"
+    exit 0
+fi
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
@@ -30,6 +42,16 @@ if [[ "$proxy" == http* ]] && ! curl -fsS --max-time 20 -o /dev/null "$proxy/k8s
 fi
 
 mkdir -p "$BIN_DIR" "$WORK_DIR"
+LOG="$WORK_DIR/build.log"
+: >"$LOG"
+
+# quiet CMD...: run a command with its chatter in the build log; show the log tail on failure.
+quiet() {
+    if ! "$@" >>"$LOG" 2>&1; then
+        tail -n 30 "$LOG" >&2
+        die "'$*' failed (full log: $LOG)"
+    fi
+}
 
 # new_module DIR: an empty wrapper module to build a foreign main package in.
 new_module() {
@@ -47,7 +69,7 @@ build_kubernetes() {
     cd "$dir"
     say "kubernetes $KUBERNETES_VERSION: resolving modules"
     local gomod
-    gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+    gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" 2>>"$LOG" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
     [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$KUBERNETES_VERSION"
     # k8s.io/kubernetes requires its staging modules at v0.0.0 and maps them to local
     # paths; replace each with its published v0.<minor> release instead.
@@ -57,7 +79,7 @@ build_kubernetes() {
     local m
     for m in $staging; do go mod edit -replace "$m=$m@v0.$minor"; done
     go mod edit -require "k8s.io/kubernetes@$KUBERNETES_VERSION"
-    go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" >/dev/null 2>&1 || go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION"
+    quiet go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION"
     local major=1 kminor="${minor%%.*}" date
     date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     local ldflags="-s -w" pkg
@@ -68,7 +90,7 @@ build_kubernetes() {
     for b in "${want[@]}"; do
         if [[ -x "$BIN_DIR/$b" ]]; then continue; fi
         say "kubernetes $KUBERNETES_VERSION: compiling $b (the first one takes longest)"
-        go build -trimpath -ldflags "$ldflags" -o "$BIN_DIR/$b.tmp" "k8s.io/kubernetes/cmd/$b"
+        quiet go build -trimpath -ldflags "$ldflags" -o "$BIN_DIR/$b.tmp" "k8s.io/kubernetes/cmd/$b"
         mv "$BIN_DIR/$b.tmp" "$BIN_DIR/$b"
     done
 }
@@ -91,9 +113,9 @@ import (
 func main() { etcdmain.Main(os.Args) }
 GO
     say "etcd $ETCD_VERSION: resolving and compiling"
-    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null
-    go mod tidy >/dev/null
-    go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/etcd.tmp" .
+    quiet go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    quiet go mod tidy
+    quiet go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/etcd.tmp" .
     mv "$BIN_DIR/etcd.tmp" "$BIN_DIR/etcd"
 }
 
@@ -107,12 +129,12 @@ build_plain() {
     new_module "$dir"
     cd "$dir"
     say "$name $version: resolving and compiling"
-    go get "$module@$version" >/dev/null
+    quiet go get "$module@$version"
     local ldflags="-s -w"
     [[ "$name" == helm ]] && ldflags+=" -X helm.sh/helm/v3/internal/version.version=$version"
     [[ "$name" == kwok ]] && ldflags+=" -X sigs.k8s.io/kwok/pkg/consts.Version=$version"
     for p in "$@"; do
-        go build -trimpath -ldflags "$ldflags" -o "$BIN_DIR/${p##*/}.tmp" "$p"
+        quiet go build -trimpath -ldflags "$ldflags" -o "$BIN_DIR/${p##*/}.tmp" "$p"
         mv "$BIN_DIR/${p##*/}.tmp" "$BIN_DIR/${p##*/}"
     done
 }
