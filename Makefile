@@ -1,0 +1,46 @@
+# capinfer developer entry points. `make test` is the one command CI runs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help setup binaries lint test unit cluster-up cluster-down clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv with capinfer and its test tools
+
+binaries: ## build the local control plane's binaries from source (cached)
+	bash cli/capinfer/localcluster/build-cluster-binaries.sh
+
+lint: setup ## ruff, ruff format, mypy --strict, import-linter
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: setup ## the fast tests only (no cluster, no tritonserver)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test: lint binaries ## everything: lint, unit, integration against a real cluster and tritonserver
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+cluster-up: binaries ## start the local cluster (prints the kubeconfig path)
+	$(BIN)/capinfer cluster up
+
+cluster-down: setup ## stop the local cluster
+	$(BIN)/capinfer cluster down
+
+clean: ## remove the virtualenv and caches in the repo (not the binary cache)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,53 @@
+"""Fixtures shared by every test tier: the real local Kubernetes control plane.
+
+The cluster is started once per test session from binaries built from the Kubernetes
+sources (``capinfer cluster``'s machinery) and stopped at the end. To reuse a cluster you
+already started with ``capinfer cluster up --name NAME``, set ``CAPINFER_TEST_CLUSTER=NAME``.
+A cluster that cannot be built or started fails the tests that need it: it is never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from capinfer.localcluster.cluster import LocalCluster
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    reuse = os.environ.get("CAPINFER_TEST_CLUSTER")
+    if reuse:
+        existing = LocalCluster(reuse)
+        if not existing.status().running:
+            pytest.fail(f"CAPINFER_TEST_CLUSTER={reuse}, but that cluster is not running")
+        yield existing
+        return
+    state_root = Path(tmp_path_factory.mktemp("clusters"))
+    local = LocalCluster(f"test-{os.getpid()}", state_root=state_root)
+    local.up(lambda message: print(f"[cluster] {message}", flush=True))
+    try:
+        yield local
+    finally:
+        local.down()
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    """A fresh namespace, with its default ServiceAccount, deleted after the test."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    deadline = time.monotonic() + 60
+    while cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode:
+        if time.monotonic() > deadline:
+            pytest.fail(f"namespace {name}: the default ServiceAccount never appeared")
+        time.sleep(0.2)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
