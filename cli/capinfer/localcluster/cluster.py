@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from capinfer.errors import UserError
@@ -468,8 +469,7 @@ class LocalCluster:
         ]
 
     def _kwok_argv(self, binaries: ClusterBinaries) -> list[str]:
-        config = self.state_dir / "kwok.yaml"
-        config.write_text("kind: KwokConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\n")
+        config = resources.files("capinfer.localcluster").joinpath("kwok-stages.yaml")
         return [
             str(binaries.path("kwok")),
             f"--kubeconfig={self.state_dir / 'kwok.kubeconfig'}",
