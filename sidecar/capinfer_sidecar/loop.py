@@ -1,0 +1,339 @@
+"""The sidecar's control loop: sample, ask the policy, actuate, report.
+
+Every ``sample_interval_s`` the loop reads the GPU (peak of fast instant-power reads
+within the interval, mean from the energy counter) and Triton's counters, hands the
+policy an :class:`Observation` and actuates its :class:`Decision`: a clock change at once,
+a batch-size change as a background Triton reload (seconds) while the old size keeps
+serving. Each sample becomes a :class:`LoopSnapshot` for metrics and the status entry.
+
+Safety: when power readings fail for ``stale_after_s`` the loop moves to the safest
+settings it can (lowest clock, smallest batch) until readings return; when Triton is
+unreachable it keeps the clock knob; when the GPU refuses clock control it carries on
+with the batch knob alone. Clocks it locked are reset when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
+
+log = logging.getLogger(__name__)
+
+FAST_READS_PER_SAMPLE = 5
+"""Instant-power reads inside one sample interval: the max approximates the peak."""
+
+
+class ClockPermissionError(Exception):
+    """The GPU refused to change clocks (NVML NO_PERMISSION / NOT_SUPPORTED)."""
+
+
+class PowerMeter(Protocol):
+    """The GPU side the loop needs: readings and the clock knob."""
+
+    def power_watts(self) -> float: ...
+
+    def energy_joules(self) -> float: ...
+
+    def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None: ...
+
+    def reset_sm_clock(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServerCounters:
+    """Cumulative counters of the controlled model, from Triton's statistics."""
+
+    inferences: int
+    batches: int
+    queue_depth: int | None = None
+
+
+class InferenceServer(Protocol):
+    """The Triton side the loop needs."""
+
+    async def counters(self) -> ServerCounters: ...
+
+    async def apply_max_batch_size(self, batch_size: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopSnapshot:
+    """What the loop knows after one sample: the source of metrics and status."""
+
+    now_s: float
+    cap_watts: float
+    power_watts: float
+    mean_power_watts: float
+    energy_joules: float
+    batch_size: int
+    requested_batch_size: int
+    sm_clock_mhz: int | None
+    inferences_per_second: float
+    seconds_over_cap: float
+    violations: int
+    reloads: int
+    reload_failures: int
+    policy: str
+    policy_state: str
+    reason: str
+    clock_control: bool
+    degraded: str | None
+    """Why the loop runs on safe settings (stale power, Triton down), None when healthy."""
+
+
+@dataclass
+class _Counters:
+    seconds_over_cap: float = 0.0
+    violations: int = 0
+    reloads: int = 0
+    reload_failures: int = 0
+    was_over_cap: bool = False
+
+
+@dataclass
+class ControlLoop:
+    policy: Policy
+    settings: PowerSettings
+    gpu: PowerMeter
+    server: InferenceServer
+    initial_batch_size: int
+    monotonic: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    sample_interval_s: float = 0.1
+    stale_after_s: float = 2.0
+    on_snapshot: Callable[[LoopSnapshot], None] = lambda _: None
+    _applied: Knobs = field(init=False)
+    _decision: Decision = field(init=False)
+    _counters: _Counters = field(default_factory=_Counters, init=False)
+    _reload: asyncio.Task[None] | None = field(default=None, init=False)
+    _clock_locked: bool = field(default=False, init=False)
+    _last_energy_j: float | None = field(default=None, init=False)
+    _last_energy_s: float | None = field(default=None, init=False)
+    _last_good_power_s: float = field(default=0.0, init=False)
+    _last_inferences: tuple[float, int] | None = field(default=None, init=False)
+    _last_counters: ServerCounters = field(default=ServerCounters(0, 0), init=False)
+    _stopping: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._applied = Knobs(self.initial_batch_size, None)
+        now = self.monotonic()
+        self._last_good_power_s = now
+        self._decision = self.policy.start(self.settings, now)
+        log.info("policy %s started: %s", self.policy.name, self._decision.reason)
+
+    # -- inputs from outside -----------------------------------------------------------
+    def update_settings(self, settings: PowerSettings) -> None:
+        """A new cap (or ladder, band) arrived: the policy reacts at the next actuation."""
+        if settings == self.settings:
+            return
+        log.info(
+            "new settings: cap %.0f W -> %.0f W, band %.2f, %d batch sizes, %d clocks",
+            self.settings.cap_watts, settings.cap_watts, settings.band,
+            len(settings.batch_sizes), len(settings.clock_levels_mhz),
+        )  # fmt: skip
+        self.settings = settings
+        self._decision = self.policy.update_settings(settings, self.monotonic())
+        self._log_decision(self._decision)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    # -- the loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            await self._actuate(self._decision)
+            while not self._stopping:
+                snapshot = await self.sample_once()
+                self.on_snapshot(snapshot)
+        finally:
+            await self.shutdown()
+
+    async def sample_once(self) -> LoopSnapshot:
+        peak_watts = await self._peak_power_over_interval()
+        now = self.monotonic()
+        mean_watts = self._mean_power(now, peak_watts)
+        counters = await self._server_counters()
+        degraded = None
+        if peak_watts is None and now - self._last_good_power_s > self.stale_after_s:
+            degraded = "power readings stopped"
+        elif counters is None:
+            degraded = "Triton is unreachable"
+        observed_watts = peak_watts if peak_watts is not None else math.nan
+        self._account(observed_watts, now)
+        if degraded is not None:
+            decision = self._safe_decision(degraded)
+        elif peak_watts is None:
+            decision = self._decision  # one missed reading: hold the current settings
+        else:
+            decision = self.policy.step(
+                Observation(
+                    now_s=now,
+                    power_watts=peak_watts,
+                    mean_power_watts=mean_watts,
+                    batches_completed=self._last_counters.batches,
+                    inferences_completed=self._last_counters.inferences,
+                    applied=self._applied,
+                    reload_in_flight=self._reload is not None,
+                    queue_depth=self._last_counters.queue_depth,
+                )
+            )
+        if decision.knobs != self._decision.knobs:
+            self._log_decision(decision)
+        self._decision = decision
+        await self._actuate(decision, allow_reload=counters is not None)
+        return self._snapshot(now, observed_watts, mean_watts, degraded)
+
+    async def shutdown(self) -> None:
+        if self._reload is not None:
+            self._reload.cancel()
+        if self._clock_locked:
+            try:
+                self.gpu.reset_sm_clock()
+                self._clock_locked = False
+                log.info("SM clocks reset to the GPU's defaults")
+            except Exception:
+                log.exception("could not reset SM clocks on shutdown")
+
+    # -- sampling ----------------------------------------------------------------------
+    async def _peak_power_over_interval(self) -> float | None:
+        peak: float | None = None
+        step_s = self.sample_interval_s / FAST_READS_PER_SAMPLE
+        for _ in range(FAST_READS_PER_SAMPLE):
+            await self.sleep(step_s)
+            try:
+                watts = self.gpu.power_watts()
+            except Exception as error:
+                log.debug("power reading failed: %s", error)
+                continue
+            peak = watts if peak is None else max(peak, watts)
+        if peak is not None:
+            self._last_good_power_s = self.monotonic()
+        return peak
+
+    def _mean_power(self, now: float, fallback_watts: float | None) -> float:
+        try:
+            energy = self.gpu.energy_joules()
+        except Exception:
+            return fallback_watts if fallback_watts is not None else math.nan
+        previous, previous_s = self._last_energy_j, self._last_energy_s
+        self._last_energy_j = energy
+        self._last_energy_s = now
+        if previous is None or previous_s is None or now <= previous_s:
+            return fallback_watts if fallback_watts is not None else math.nan
+        return (energy - previous) / (now - previous_s)
+
+    async def _server_counters(self) -> ServerCounters | None:
+        try:
+            counters = await self.server.counters()
+        except Exception as error:
+            log.debug("Triton statistics unavailable: %s", error)
+            return None
+        self._last_counters = counters
+        return counters
+
+    def _account(self, power_watts: float, now: float) -> None:
+        over = not math.isnan(power_watts) and power_watts > self.settings.cap_watts
+        if over:
+            self._counters.seconds_over_cap += self.sample_interval_s
+            if not self._counters.was_over_cap:
+                self._counters.violations += 1
+        self._counters.was_over_cap = over
+
+    def _inferences_per_second(self, now: float) -> float:
+        current = (now, self._last_counters.inferences)
+        previous = self._last_inferences
+        self._last_inferences = current
+        if previous is None or now <= previous[0]:
+            return 0.0
+        return max(0.0, (current[1] - previous[1]) / (now - previous[0]))
+
+    # -- actuation ---------------------------------------------------------------------
+    def _safe_decision(self, why: str) -> Decision:
+        lowest_clock = self.settings.clock_levels_mhz[0] if self.settings.clock_control else None
+        return Decision(
+            Knobs(self.settings.batch_sizes[0], lowest_clock),
+            reason=f"{why}: safest settings until it recovers",
+            state="failsafe",
+        )
+
+    async def _actuate(self, decision: Decision, allow_reload: bool = True) -> None:
+        wanted = decision.knobs
+        if wanted.sm_clock_mhz != self._applied.sm_clock_mhz:
+            self._set_clock(wanted.sm_clock_mhz)
+        if allow_reload and wanted.batch_size != self._applied.batch_size and self._reload is None:
+            self._reload = asyncio.create_task(self._reload_batch_size(wanted.batch_size))
+
+    def _set_clock(self, clock_mhz: int | None) -> None:
+        try:
+            if clock_mhz is None:
+                if self._clock_locked:
+                    self.gpu.reset_sm_clock()
+                    self._clock_locked = False
+            else:
+                self.gpu.set_locked_sm_clock_mhz(clock_mhz)
+                self._clock_locked = True
+        except ClockPermissionError as error:
+            log.warning("clock control refused (%s): continuing with the batch size alone", error)
+            self.policy.disable_clock_control(str(error))
+            self.update_settings(replace(self.settings, clock_levels_mhz=()))
+            return
+        self._applied = replace(self._applied, sm_clock_mhz=clock_mhz)
+
+    async def _reload_batch_size(self, batch_size: int) -> None:
+        try:
+            await self.server.apply_max_batch_size(batch_size)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._counters.reload_failures += 1
+            log.warning(
+                "reload to max batch %d failed (%s); batch %d stays in effect",
+                batch_size, error, self._applied.batch_size,
+            )  # fmt: skip
+        else:
+            self._counters.reloads += 1
+            log.info("reloaded: max batch %d -> %d", self._applied.batch_size, batch_size)
+            self._applied = replace(self._applied, batch_size=batch_size)
+        finally:
+            self._reload = None
+
+    # -- reporting ---------------------------------------------------------------------
+    def _log_decision(self, decision: Decision) -> None:
+        log.info(
+            "decision batch=%d clock=%s state=%s: %s",
+            decision.knobs.batch_size,
+            decision.knobs.sm_clock_mhz if decision.knobs.sm_clock_mhz is not None else "default",
+            decision.state or "-",
+            decision.reason,
+        )
+
+    def _snapshot(
+        self, now: float, power_watts: float, mean_watts: float, degraded: str | None
+    ) -> LoopSnapshot:
+        energy = self._last_energy_j if self._last_energy_j is not None else math.nan
+        return LoopSnapshot(
+            now_s=now,
+            cap_watts=self.settings.cap_watts,
+            power_watts=power_watts,
+            mean_power_watts=mean_watts,
+            energy_joules=energy,
+            batch_size=self._applied.batch_size,
+            requested_batch_size=self._decision.knobs.batch_size,
+            sm_clock_mhz=self._applied.sm_clock_mhz,
+            inferences_per_second=self._inferences_per_second(now),
+            seconds_over_cap=self._counters.seconds_over_cap,
+            violations=self._counters.violations,
+            reloads=self._counters.reloads,
+            reload_failures=self._counters.reload_failures,
+            policy=self.policy.name,
+            policy_state=self._decision.state,
+            reason=self._decision.reason,
+            clock_control=self.settings.clock_control,
+            degraded=degraded,
+        )

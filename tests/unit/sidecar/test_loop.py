@@ -1,0 +1,225 @@
+"""The control loop's plumbing, on fake time with a scripted policy (pure logic)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from capinfer_sidecar.loop import (
+    ClockPermissionError,
+    ControlLoop,
+    LoopSnapshot,
+    ServerCounters,
+)
+from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
+
+SETTINGS = PowerSettings(
+    cap_watts=200, batch_sizes=(1, 4, 16), clock_levels_mhz=(600, 900, 1200), band=0.8
+)
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+    async def sleep(self, seconds: float) -> None:
+        self.now_s += seconds
+        await asyncio.sleep(0)
+
+
+@dataclass
+class FakeGpu:
+    readings_watts: list[float | None]
+    energy_j: float = 0.0
+    clock_refused: bool = False
+    locked_mhz: int | None = None
+    resets: int = 0
+
+    def power_watts(self) -> float:
+        value = self.readings_watts[0] if len(self.readings_watts) == 1 else None
+        if len(self.readings_watts) > 1:
+            value = self.readings_watts.pop(0)
+        if value is None:
+            raise RuntimeError("no reading")
+        self.energy_j += value * 0.02
+        return value
+
+    def energy_joules(self) -> float:
+        return self.energy_j
+
+    def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None:
+        if self.clock_refused:
+            raise ClockPermissionError("NO_PERMISSION")
+        self.locked_mhz = clock_mhz
+
+    def reset_sm_clock(self) -> None:
+        self.resets += 1
+        self.locked_mhz = None
+
+
+@dataclass
+class FakeServer:
+    inferences: int = 0
+    batches: int = 0
+    reachable: bool = True
+    fail_reload: bool = False
+    release_reload: asyncio.Event = field(default_factory=asyncio.Event)
+    applied: list[int] = field(default_factory=list)
+
+    async def counters(self) -> ServerCounters:
+        if not self.reachable:
+            raise ConnectionError("refused")
+        self.inferences += 40
+        self.batches += 10
+        return ServerCounters(self.inferences, self.batches, queue_depth=3)
+
+    async def apply_max_batch_size(self, batch_size: int) -> None:
+        await self.release_reload.wait()
+        if self.fail_reload:
+            raise RuntimeError("load failed")
+        self.applied.append(batch_size)
+
+
+class ScriptedPolicy(Policy):
+    """Asks for fixed knobs and records what it observed."""
+
+    name = "scripted"
+
+    def __init__(self, knobs: Knobs) -> None:
+        self.knobs = knobs
+        self.observations: list[Observation] = []
+        self.settings_seen: list[PowerSettings] = []
+        self.clock_disabled = ""
+
+    def start(self, settings: PowerSettings, now_s: float) -> Decision:
+        self.settings_seen.append(settings)
+        return Decision(self.knobs, "start", "starting")
+
+    def update_settings(self, settings: PowerSettings, now_s: float) -> Decision:
+        self.settings_seen.append(settings)
+        if not settings.clock_control:
+            self.knobs = Knobs(self.knobs.batch_size, None)
+        return Decision(self.knobs, "settings", "restarted")
+
+    def step(self, observation: Observation) -> Decision:
+        self.observations.append(observation)
+        return Decision(self.knobs, "steady", "settled")
+
+    def disable_clock_control(self, reason: str) -> None:
+        self.clock_disabled = reason
+
+
+def make_loop(
+    policy: Policy, gpu: FakeGpu, server: FakeServer, time: FakeTime
+) -> tuple[ControlLoop, list[LoopSnapshot]]:
+    snapshots: list[LoopSnapshot] = []
+    loop = ControlLoop(
+        policy=policy,
+        settings=SETTINGS,
+        gpu=gpu,
+        server=server,
+        initial_batch_size=1,
+        monotonic=time.monotonic,
+        sleep=time.sleep,
+        on_snapshot=snapshots.append,
+    )
+    return loop, snapshots
+
+
+async def test_peak_power_and_counters_reach_the_policy() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([150, 210, 170, 160, 155, 150])
+    policy = ScriptedPolicy(Knobs(1, 900))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    snapshot = await loop.sample_once()
+    observation = policy.observations[-1]
+    assert observation.power_watts == 210
+    assert observation.batches_completed == 10 and observation.inferences_completed == 40
+    assert observation.queue_depth == 3
+    assert snapshot.seconds_over_cap == pytest.approx(0.1)
+    assert snapshot.violations == 1
+    assert gpu.locked_mhz == 900
+
+
+async def test_batch_change_is_a_background_reload_and_old_size_serves_meanwhile() -> None:
+    time = FakeTime()
+    server = FakeServer()
+    policy = ScriptedPolicy(Knobs(16, None))
+    loop, _ = make_loop(policy, FakeGpu([120.0]), server, time)
+    first = await loop.sample_once()
+    assert first.batch_size == 1 and first.requested_batch_size == 16
+    await loop.sample_once()
+    assert policy.observations[-1].reload_in_flight
+    assert policy.observations[-1].applied.batch_size == 1
+    server.release_reload.set()
+    await asyncio.sleep(0)
+    later = await loop.sample_once()
+    assert server.applied == [16]
+    assert later.batch_size == 16 and later.reloads == 1
+    assert not policy.observations[-1].reload_in_flight
+
+
+async def test_failed_reload_keeps_the_old_batch_size() -> None:
+    time = FakeTime()
+    server = FakeServer(fail_reload=True)
+    server.release_reload.set()
+    loop, _ = make_loop(ScriptedPolicy(Knobs(4, None)), FakeGpu([120.0]), server, time)
+    await loop.sample_once()
+    await asyncio.sleep(0)
+    snapshot = await loop.sample_once()
+    assert snapshot.batch_size == 1
+    assert snapshot.reload_failures >= 1 and snapshot.reloads == 0
+
+
+async def test_refused_clock_control_falls_back_to_batch_only() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([120.0], clock_refused=True)
+    policy = ScriptedPolicy(Knobs(4, 900))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    snapshot = await loop.sample_once()
+    assert policy.clock_disabled == "NO_PERMISSION"
+    assert policy.settings_seen[-1].clock_levels_mhz == ()
+    assert not snapshot.clock_control
+    assert snapshot.sm_clock_mhz is None and gpu.locked_mhz is None
+
+
+async def test_stale_power_moves_to_the_safest_settings() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([None])
+    policy = ScriptedPolicy(Knobs(16, 1200))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    snapshots = [await loop.sample_once() for _ in range(30)]
+    assert snapshots[0].degraded is None  # one missed reading is not yet an outage
+    assert snapshots[-1].degraded == "power readings stopped"
+    assert snapshots[-1].requested_batch_size == 1
+    assert gpu.locked_mhz == 600
+
+
+async def test_unreachable_triton_keeps_the_clock_knob() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([250.0])
+    loop, _ = make_loop(ScriptedPolicy(Knobs(16, 1200)), gpu, FakeServer(reachable=False), time)
+    snapshot = await loop.sample_once()
+    assert snapshot.degraded == "Triton is unreachable"
+    assert gpu.locked_mhz == 600
+    assert snapshot.batch_size == 1
+
+
+async def test_new_settings_reach_the_policy_and_shutdown_resets_clocks() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([120.0])
+    policy = ScriptedPolicy(Knobs(4, 900))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    await loop.sample_once()
+    lower = PowerSettings(150, SETTINGS.batch_sizes, SETTINGS.clock_levels_mhz, SETTINGS.band)
+    loop.update_settings(lower)
+    assert policy.settings_seen[-1].cap_watts == 150
+    snapshot = await loop.sample_once()
+    assert snapshot.cap_watts == 150
+    await loop.shutdown()
+    assert gpu.resets == 1 and gpu.locked_mhz is None
