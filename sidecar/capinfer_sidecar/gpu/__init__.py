@@ -1,0 +1,1 @@
+"""GPU devices behind one interface: NVML (real) and a virtual GPU driven by the power model."""
