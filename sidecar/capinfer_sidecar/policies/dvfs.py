@@ -79,10 +79,10 @@ class DVFS(WindowedSearchPolicy):
         if (old.cap_watts, old.band) == (new.cap_watts, new.band):
             return None
         self._search = self._search.restart()
-        return (
-            f"cap changed {old.cap_watts:g} W -> {new.cap_watts:g} W: "
-            f"search restarts over all clock levels from {self._clock()} MHz"
-        )
+        change = f"cap changed {old.cap_watts:g} W -> {new.cap_watts:g} W"
+        if not self._clocks:
+            return f"{change}: search restarts, but clocks cannot be set: nothing to control"
+        return f"{change}: search restarts over all clock levels from {self._clock()} MHz"
 
     def _wanted(self) -> Knobs:
         return Knobs(batch_size=self._batch_size, sm_clock_mhz=self._clock())

@@ -30,17 +30,28 @@ class ToyGpu:
     per_item_s: float = 0.001
     noise_watts: float = 0.0
     seed: int = 0
+    light_load_batch: int | None = None
+    """Under light load the batcher forms batches of at most this size, whatever the max."""
+
+    def formed(self, knobs: Knobs) -> Knobs:
+        """The batch actually formed (the max batch size under a saturating load)."""
+        if self.light_load_batch is None or knobs.batch_size <= self.light_load_batch:
+            return knobs
+        sizes = [b for b in self.peak_watts_at_top if b <= self.light_load_batch]
+        return Knobs(max(sizes), knobs.sm_clock_mhz)
 
     def peak_watts(self, knobs: Knobs) -> float:
+        knobs = self.formed(knobs)
         ratio = self._clock_ratio(knobs)
         dynamic = self.peak_watts_at_top[knobs.batch_size] - self.idle_watts
         return self.idle_watts + dynamic * ratio**2
 
     def batch_time_s(self, knobs: Knobs) -> float:
+        knobs = self.formed(knobs)
         return (self.batch_base_s + self.per_item_s * knobs.batch_size) / self._clock_ratio(knobs)
 
     def throughput(self, knobs: Knobs) -> float:
-        return knobs.batch_size / self.batch_time_s(knobs)
+        return self.formed(knobs).batch_size / self.batch_time_s(knobs)
 
     def _clock_ratio(self, knobs: Knobs) -> float:
         clock = knobs.sm_clock_mhz or self.top_clock_mhz
@@ -53,6 +64,8 @@ class Run:
 
     observations: list[Observation] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    wanted_before: list[Knobs] = field(default_factory=list)
+    """The settings asked for when each sample was taken (before the policy saw it)."""
     caps_watts: list[float] = field(default_factory=list)
     true_peaks_watts: list[float] = field(default_factory=list)
 
@@ -75,6 +88,20 @@ class Run:
         last = self.observations[-1]
         return last.inferences_completed / last.now_s
 
+    def throughput_between(self, start_s: float, end_s: float) -> float:
+        inside = [o for o in self.observations if start_s <= o.now_s <= end_s]
+        first, last = inside[0], inside[-1]
+        return (last.inferences_completed - first.inferences_completed) / (last.now_s - first.now_s)
+
+
+def oracle(gpu: ToyGpu, settings: PowerSettings) -> tuple[float, Knobs]:
+    """The best static pair whose peak power stays under the cap, by exhaustive search."""
+    clocks: tuple[int | None, ...] = settings.clock_levels_mhz or (None,)
+    pairs = [Knobs(b, c) for b in settings.batch_sizes for c in clocks]
+    fitting = [k for k in pairs if gpu.peak_watts(k) <= settings.cap_watts]
+    best = max(fitting, key=gpu.throughput)
+    return gpu.throughput(best), best
+
 
 def drive(
     policy: Policy,
@@ -95,7 +122,7 @@ def drive(
     pending: Knobs | None = None
     reload_done_s = math.inf
     batches = 0.0
-    inferences = 0.0
+    inferences = 0
     changes: dict[float, PowerSettings] = dict(settings_changes or {})
     for at_s, cap_watts in (cap_changes or {}).items():
         changes[at_s] = PowerSettings(
@@ -122,20 +149,21 @@ def drive(
             peak = max(peak, gpu.peak_watts(applied))
             pending = None
             reload_done_s = math.inf
-        batch_count = dt_s / gpu.batch_time_s(applied)
-        batches += batch_count
-        inferences += batch_count * applied.batch_size
+        before = int(batches)
+        batches += dt_s / gpu.batch_time_s(applied)
+        inferences += (int(batches) - before) * gpu.formed(applied).batch_size
         observed = peak + (rng.gauss(0.0, gpu.noise_watts) if gpu.noise_watts else 0.0)
         observation = Observation(
             now_s=now_s,
             power_watts=observed,
             mean_power_watts=min(observed, peak * 0.9),
             batches_completed=int(batches),
-            inferences_completed=int(inferences),
+            inferences_completed=inferences,
             applied=applied,
             reload_in_flight=pending is not None,
             queue_depth=queue_depth,
         )
+        run.wanted_before.append(decision.knobs)
         decision = policy.step(observation)
         run.observations.append(observation)
         run.decisions.append(decision)

@@ -1,0 +1,617 @@
+"""Adaptive: capinfer's own controller. The clock for fast, fine moves; the batch size for coarse
+efficiency moves, spent sparingly since each one is a Triton reload of seconds.
+
+Every sample:
+
+1. *Over the cap* (reading above ``cap``): the clock goes down at once, to the highest level
+   estimated under the working limit (at least one level). At the lowest clock, or without
+   clock control, the batch size goes down instead (a reload: it takes seconds).
+2. *Near the cap* (reading above the working limit ``cap * (1 - headroom)``, not over the
+   cap): one clock level down. The headroom absorbs measurement noise and spikes.
+3. Otherwise the clock *climbs* after a short dwell, to the highest level whose estimated peak
+   stays under the limit, for the batch size serving and the one being loaded alike. Jumps to
+   levels never measured are bounded; a level seen too hot is remembered and not retried.
+4. Once the clock has been quiet for a while and the throughput at the current pair is
+   measured, the *batch planner* looks at the table of what was seen (peak power and
+   throughput per (batch size, clock)): it reloads to a known batch size that would do
+   better at its best clock under the limit, or else probes the next untried batch size up
+   (and, once, down), lowering the clock first when the new batch size needs it. Under light
+   load (batches formed below the max batch size) it does not chase larger batch sizes.
+
+A cap change is answered at once: on a drop the clock goes down in the same decision (and the
+batch size too if no clock can hold the new cap); on a rise the clock moves up to the best
+level known to be safe; the batch planner then starts over from what the table knows.
+Without clock control the same planner works on the batch size alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
+from capinfer_sidecar.policies.batchsizer import usable_batch_sizes
+from capinfer_sidecar.policies.ladder import index_at_or_below, nearest_index
+from capinfer_sidecar.policies.model import Lean, ModelPriors, PlantModel
+from capinfer_sidecar.policies.table import PlantTable
+
+_LIGHT_LOAD_EVIDENCE_BATCHES = 5
+
+
+@dataclass(frozen=True)
+class AdaptiveTuning:
+    """Knobs of the controller itself; the defaults are what the benchmark was tuned with."""
+
+    headroom: float = 0.01
+    """Least working headroom under the cap, as a fraction of it."""
+    noise_sigmas: float = 1.0
+    """Headroom in standard deviations of the readings (learned), when that is more."""
+    max_headroom: float = 0.05
+    """Most working headroom under the cap, as a fraction of it."""
+    hot_backoff_s: float = 5.0
+    """How long a pair seen too hot is kept away from; doubled at each new strike."""
+    start_batch: int = 16
+    """First batch size (nearest rung). Without clock control the first rung is used."""
+    dwell_samples: int = 3
+    """Samples at a clock level before climbing further."""
+    settle_s: float = 1.0
+    """Quiet clock time before the batch planner may judge the current pair."""
+    measure_s: float = 2.0
+    """Seconds of throughput evidence a pair needs before it is compared."""
+    plan_interval_s: float = 0.5
+    """How often the batch planner looks at the table once the clock is quiet."""
+    free_moves: int = 4
+    """Batch-size moves per cap without a wait; each further one waits twice as long."""
+    move_backoff_s: float = 10.0
+    """The wait before the first move past ``free_moves``."""
+    switch_gain: float = 0.03
+    """Relative throughput gain a known batch size must promise to be worth a reload."""
+    memory_s: float = 120.0
+    """How long what was seen at a pair stays trusted."""
+    max_climb_ratio: float = 1.25
+    """Largest clock ratio of one climb into levels not measured at this batch size."""
+    light_load_fill: float = 0.8
+    """Batches formed below this fraction of the max batch size mean light load."""
+    probe_down: bool = True
+    """Whether to try the next smaller batch size once (it may run at a higher clock)."""
+    max_beneficial_batch: int | None = None
+    """Offline-profiled cutoff, as BatchSizer's: larger rungs are never used."""
+    priors: ModelPriors = field(default_factory=ModelPriors)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.headroom < 0.5:
+            raise ValueError(f"headroom must be in [0, 0.5), got {self.headroom}")
+        if self.dwell_samples < 1:
+            raise ValueError(f"dwell_samples must be at least 1, got {self.dwell_samples}")
+        if self.max_climb_ratio <= 1.0:
+            raise ValueError(f"max_climb_ratio must exceed 1, got {self.max_climb_ratio}")
+
+
+def _owns_reading(applied: Knobs, previous: Knobs | None) -> bool:
+    """Whether a reading can be blamed on ``applied``: it served the whole interval, or it
+    replaced lower settings (then the reading is the new pair's, or below it)."""
+    if previous is None or previous == applied:
+        return True
+    if applied.batch_size < previous.batch_size:
+        return False
+    if applied.sm_clock_mhz is None or previous.sm_clock_mhz is None:
+        return applied.sm_clock_mhz == previous.sm_clock_mhz
+    return applied.sm_clock_mhz >= previous.sm_clock_mhz
+
+
+class Adaptive(Policy):
+    """Clock for fast trims, batch size for coarse efficiency; see the module docstring."""
+
+    name = "Adaptive"
+
+    def __init__(self, **tuning: Any) -> None:
+        self._tuning = AdaptiveTuning(**tuning)
+        self._table = PlantTable(self._tuning.memory_s)
+        self._model = PlantModel(self._table, self._tuning.priors)
+        self._settings: PowerSettings | None = None
+        self._ladder: tuple[int, ...] = ()
+        self._clocks: tuple[int, ...] = ()
+        self._batch = 1
+        self._clock: int | None = None
+        self._clock_quiet_samples = 0
+        self._clock_changed_s = 0.0
+        self._batch_applied_s: float | None = None
+        self._probed: set[int] = set()
+        self._reloads = 0
+        self._now_s = 0.0
+        self._last_applied: Knobs | None = None
+        self._limit_at: tuple[float, float] | None = None
+        self._limit_watts = 0.0
+        self._planned_s = -1.0
+        self._moves_in_epoch = 0
+        self._next_move_s = 0.0
+        self._reason = "not started"
+        self._state = "idle"
+
+    @property
+    def tuning(self) -> AdaptiveTuning:
+        return self._tuning
+
+    @property
+    def settings(self) -> PowerSettings:
+        if self._settings is None:
+            raise RuntimeError("Adaptive: start() must be called before anything else")
+        return self._settings
+
+    @property
+    def limit_watts(self) -> float:
+        """The working limit: the cap less a headroom for the noise above the peaks seen."""
+        cap = self.settings.cap_watts
+        if self._limit_at != (self._now_s, cap):
+            noise = self._table.noise_watts(self._now_s) or 0.0
+            headroom = min(
+                max(self._tuning.noise_sigmas * noise, self._tuning.headroom * cap),
+                self._tuning.max_headroom * cap,
+            )
+            self._limit_at = (self._now_s, cap)
+            self._limit_watts = cap - headroom
+        return self._limit_watts
+
+    # -- the Policy interface ------------------------------------------------------------
+
+    def start(self, settings: PowerSettings, now_s: float) -> Decision:
+        self._settings = settings
+        self._now_s = now_s
+        self._table.forget()
+        self._probed = set()
+        self._set_ladders(settings)
+        if self._clocks:
+            self._batch = self._ladder[nearest_index(self._ladder, self._tuning.start_batch)]
+            self._set_clock(self._clocks[0], now_s)
+            where = f"{self._clock} MHz (the lowest level, safe while nothing is known)"
+        else:
+            self._batch = self._ladder[0]
+            self._clock = None
+            where = "clocks not controlled, so the first rung (a violation would last a reload)"
+        self._batch_applied_s = None
+        self._say(f"start at batch {self._batch}, {where}", "starting")
+        return self._decision()
+
+    def update_settings(self, settings: PowerSettings, now_s: float) -> Decision:
+        old = self.settings
+        if settings == old:
+            return self._decision()
+        self._settings = settings
+        self._now_s = now_s
+        notes = self._set_ladders(settings)
+        if (old.cap_watts, old.band) != (settings.cap_watts, settings.band):
+            self._probed = set()
+            self._moves_in_epoch = 0
+            self._next_move_s = 0.0
+            notes.append(self._follow_cap(old.cap_watts, now_s))
+        self._say("; ".join(notes) or "settings changed", "following")
+        return self._decision()
+
+    def step(self, observation: Observation) -> Decision:
+        self._now_s = observation.now_s
+        previous, self._last_applied = self._last_applied, observation.applied
+        self._table.record(observation)
+        self._table.release_expired(observation.now_s)
+        if observation.power_watts > self.limit_watts and _owns_reading(
+            observation.applied, previous
+        ):
+            self._table.mark_hot(
+                observation.applied,
+                observation.power_watts,
+                observation.now_s,
+                self._tuning.hot_backoff_s,
+            )
+        if observation.applied.sm_clock_mhz == self._clock:
+            self._clock_quiet_samples += 1
+        if (
+            self._batch_applied_s is None
+            and not observation.reload_in_flight
+            and observation.applied.batch_size == self._batch
+        ):
+            self._batch_applied_s = observation.now_s
+        if observation.power_watts > self.settings.cap_watts:
+            self._on_over_cap(observation)
+        elif observation.power_watts > self.limit_watts:
+            self._on_near_cap(observation)
+        else:
+            self._climb(observation)
+            self._plan(observation)
+        return self._decision()
+
+    # -- reactions -----------------------------------------------------------------------
+
+    def _on_over_cap(self, observation: Observation) -> None:
+        applied = observation.applied
+        reading = f"peak {observation.power_watts:.1f} W over the cap {self.settings.cap_watts:g} W"
+        clock = applied.sm_clock_mhz
+        if self._clocks and clock is not None and clock > self._clocks[0]:
+            target = self._clock_under_limit(applied.batch_size, clock, observation.power_watts)
+            if self._clock is not None and target < self._clock:
+                self._set_clock(target, observation.now_s)
+                self._say(
+                    f"{reading} at batch {applied.batch_size}, {clock} MHz: clock down to "
+                    f"{target} MHz",
+                    "over-cap",
+                )
+            return
+        if self._batch < applied.batch_size:
+            return  # a smaller batch size is already on its way
+        smaller = self._smaller_batch(applied.batch_size)
+        if smaller is None:
+            self._say(
+                f"{reading} at the smallest batch and lowest clock: cap unreachable",
+                ("cap-unreachable"),
+            )
+            return
+        self._move_batch(smaller, observation.now_s)
+        self._say(f"{reading} at batch {applied.batch_size}: batch down to {smaller}", "over-cap")
+
+    def _on_near_cap(self, observation: Observation) -> None:
+        clock = observation.applied.sm_clock_mhz
+        if not self._clocks or clock is None or self._clock != clock or clock == self._clocks[0]:
+            return
+        lower = self._clocks[self._clocks.index(clock) - 1]
+        self._set_clock(lower, observation.now_s)
+        self._say(
+            f"peak {observation.power_watts:.1f} W above the limit {self.limit_watts:.1f} W "
+            f"at batch {observation.applied.batch_size}, {clock} MHz: clock down to {lower} MHz",
+            "trimming",
+        )
+
+    def _climb(self, observation: Observation) -> None:
+        clock = self._clock
+        if not self._clocks or clock is None or observation.applied.sm_clock_mhz != clock:
+            return
+        if self._clock_quiet_samples < self._tuning.dwell_samples:
+            return
+        target = self._highest_safe_clock({observation.applied.batch_size, self._batch}, clock)
+        if target <= clock:
+            return
+        self._set_clock(target, observation.now_s)
+        self._say(
+            f"peak {observation.power_watts:.1f} W, room under the limit "
+            f"{self.limit_watts:.1f} W: clock up to {target} MHz",
+            "climbing",
+        )
+
+    def _plan(self, observation: Observation) -> None:
+        now_s = observation.now_s
+        if observation.reload_in_flight or self._batch_applied_s is None:
+            return
+        if self._light_load(observation):
+            self._say_light_load(now_s)
+            return
+        if self._grow_at_top_clock(observation):
+            return
+        if min(now_s - self._clock_changed_s, now_s - self._batch_applied_s) < (
+            self._tuning.settle_s
+        ):
+            return
+        if now_s - self._planned_s < self._tuning.plan_interval_s:
+            return
+        if now_s < self._next_move_s:
+            return
+        self._planned_s = now_s
+        rate = self._model.rate(self._batch, self._clock, now_s, self._tuning.measure_s)
+        if rate is None:
+            return
+        before = self._batch
+        choice = self._best_batch(rate)
+        if choice is not None:
+            target, expected, measured = choice
+            self._move_batch(target.batch_size, now_s, target.sm_clock_mhz)
+            how = "is known to do" if measured else "should do"
+            self._say(
+                f"{rate:.0f}/s at batch {before}; batch {target.batch_size} {how} "
+                f"{expected / rate - 1.0:+.0%} under the limit {self.limit_watts:.1f} W: "
+                f"reload to it",
+                "moving" if measured else "probing",
+            )
+            return
+        probe = self._neighbour_probe()
+        if probe is not None:
+            self._move_batch(probe.batch_size, now_s, probe.sm_clock_mhz)
+            self._say(f"{rate:.0f}/s at batch {before}: try batch {probe.batch_size}", "probing")
+            return
+        if self._state != "settled":
+            self._say(
+                f"settled at batch {self._batch}"
+                + (f", {self._clock} MHz" if self._clock else "")
+                + f": {rate:.0f}/s, the best known under the limit {self.limit_watts:.1f} W",
+                "settled",
+            )
+
+    def _grow_at_top_clock(self, observation: Observation) -> bool:
+        """At the top clock with room to spare, a larger batch size is a sure gain: take it now.
+
+        The largest rung estimated (cautiously) to fit at the top clock, without waiting for a
+        throughput measurement; batch sizes already measured are left to the planner.
+        """
+        top = self._clocks[-1] if self._clocks else None
+        if self._clock != top or observation.applied.sm_clock_mhz != top:
+            return False
+        if self._clock_quiet_samples < self._tuning.dwell_samples:
+            return False
+        before = self._batch
+        target = None
+        for batch in (b for b in self._ladder if b > before):
+            if self._model.rate(batch, None, self._now_s, self._tuning.measure_s) is not None:
+                break
+            estimate = self._peak(batch, top, lean=Lean.CAUTIOUS)
+            if estimate is None or estimate > self.limit_watts:
+                break
+            target = batch
+        if target is None:
+            return False
+        self._move_batch(target, observation.now_s, top)
+        where = f"{top} MHz, the top clock" if top else "clocks not controlled"
+        self._say(
+            f"peak {observation.power_watts:.1f} W at batch {before}, {where}: room for batch "
+            f"{target} under the limit {self.limit_watts:.1f} W",
+            "growing",
+        )
+        return True
+
+    def _say_light_load(self, now_s: float) -> None:
+        if self._state == "light-load":
+            return
+        formed = self._model.mean_batch(self._batch, self._clock, now_s) or 0.0
+        self._say(
+            f"light load: batches of {formed:.1f} formed under a max of {self._batch}: "
+            "the batch size stays",
+            "light-load",
+        )
+
+    def _follow_cap(self, old_cap_watts: float, now_s: float) -> str:
+        """Answer a cap change in the same decision."""
+        change = f"cap {old_cap_watts:g} W -> {self.settings.cap_watts:g} W"
+        if not self._clocks or self._clock is None:
+            fit = self._fit(self._batch, lean=Lean.CENTRAL)
+            if fit is None and self.settings.cap_watts < old_cap_watts:
+                smaller = self._smaller_batch(self._batch)
+                if smaller is not None:
+                    self._move_batch(smaller, now_s)
+                    return f"{change}: batch down to {smaller}"
+            return f"{change}: the batch planner starts over"
+        if self.settings.cap_watts < old_cap_watts:
+            lowest = self._peak(self._batch, self._clocks[0], lean=Lean.CENTRAL)
+            if lowest is not None and lowest > self.limit_watts:
+                self._set_clock(self._clocks[0], now_s)
+                smaller = self._smaller_batch(self._batch)
+                if smaller is not None:
+                    self._move_batch(smaller, now_s)
+                    return f"{change}: clock to {self._clock} MHz and batch down to {smaller}"
+                return f"{change}: clock to {self._clock} MHz"
+            target = min(self._clock, self._drop_target(self._batch, self._clock))
+        else:
+            target = max(self._clock, self._highest_safe_clock({self._batch}, self._clock))
+        if target != self._clock:
+            self._set_clock(target, now_s)
+        return f"{change}: clock to {self._clock} MHz, the batch planner starts over"
+
+    # -- estimates -----------------------------------------------------------------------
+
+    def _peak(
+        self, batch: int, clock: int | None, lean: Lean, *, remembered: bool = False
+    ) -> float | None:
+        top = self._clocks[-1] if self._clocks else None
+        return self._model.peak(batch, clock, self._now_s, top, lean, remembered=remembered)
+
+    def _clock_under_limit(self, batch: int, clock: int, reading_watts: float) -> int:
+        """The highest level below ``clock`` estimated under the limit after a violation.
+
+        The reading itself is rescaled along the fitted clock curve: it may be hotter than
+        anything the fit has seen (new conditions), and it is what has to come down.
+        """
+        fit = self._model.power_fit(self._now_s, self._clocks[-1])
+        idle = fit.idle_watts if fit else 0.0
+        gamma = fit.gamma if fit else self._tuning.priors.clock_power_exponent
+        for candidate in reversed([c for c in self._clocks if c < clock]):
+            from_reading = idle + (reading_watts - idle) * (candidate / clock) ** gamma
+            known = self._peak(batch, candidate, lean=Lean.CENTRAL) or 0.0
+            if max(from_reading, known) <= self.limit_watts:
+                return candidate
+        return self._clocks[0]
+
+    def _drop_target(self, batch: int, clock: int) -> int:
+        """After a cap drop: the highest level at or below ``clock`` estimated under the limit."""
+        for candidate in reversed([c for c in self._clocks if c <= clock]):
+            estimate = self._peak(batch, candidate, lean=Lean.CAUTIOUS)
+            if estimate is not None and estimate <= self.limit_watts:
+                return candidate
+        return self._clocks[0]
+
+    def _highest_safe_clock(self, batches: set[int], clock: int) -> int:
+        """Climb from ``clock`` through the levels estimated safe for every batch given.
+
+        The first level above is tried on the central estimate; further ones need the cautious
+        estimate, and levels beyond ``max_climb_ratio`` need to have been measured.
+        """
+        best = clock
+        for candidate in (c for c in self._clocks if c > clock):
+            first = best == clock and candidate == self._next_clock(clock)
+            far = candidate > clock * self._tuning.max_climb_ratio
+            safe = True
+            for batch in batches:
+                if self._table.hot(batch, candidate, self._now_s, self.limit_watts):
+                    safe = False
+                    break
+                measured = self._model.measured_peak(batch, candidate, self._now_s)
+                if measured is not None:
+                    safe = safe and measured <= self.limit_watts
+                    continue
+                if far:
+                    safe = False
+                    break
+                estimate = self._peak(
+                    batch, candidate, lean=Lean.CENTRAL if first else Lean.CAUTIOUS
+                )
+                safe = safe and estimate is not None and estimate <= self.limit_watts
+            if not safe:
+                break
+            best = candidate
+        return best
+
+    def _next_clock(self, clock: int) -> int | None:
+        higher = [c for c in self._clocks if c > clock]
+        return higher[0] if higher else None
+
+    def _fit(self, batch: int, lean: Lean) -> Knobs | None:
+        """The pair a batch size would run at under the limit; None if none is known to fit.
+
+        Every reading still remembered counts: a reload is too dear to spend on a retry.
+        """
+        if not self._clocks:
+            estimate = self._peak(batch, None, lean=lean, remembered=True)
+            if estimate is None or estimate > self.limit_watts:
+                return None
+            return Knobs(batch, None)
+        for clock in reversed(self._clocks):
+            estimate = self._peak(batch, clock, lean=lean, remembered=True)
+            if estimate is None:
+                return None
+            if estimate <= self.limit_watts:
+                return Knobs(batch, clock)
+        return None
+
+    def _smaller_batch(self, batch: int) -> int | None:
+        """The largest smaller rung estimated to fit (at the lowest clock); else the next one."""
+        smaller = [b for b in self._ladder if b < batch]
+        if not smaller:
+            return None
+        clock = self._clocks[0] if self._clocks else None
+        for candidate in reversed(smaller):
+            estimate = self._peak(candidate, clock, lean=Lean.CAUTIOUS)
+            if estimate is None or estimate <= self.limit_watts:
+                return candidate  # fits, or nothing is known: one rung at a time
+        return smaller[0]
+
+    def _light_load(self, observation: Observation) -> bool:
+        cell = self._table.get(self._batch, self._clock, observation.now_s)
+        if cell is None or cell.batches < _LIGHT_LOAD_EVIDENCE_BATCHES:
+            return False
+        formed = cell.mean_batch() or 0.0
+        short = formed < self._tuning.light_load_fill * self._batch
+        queue = observation.queue_depth
+        return short and (queue is None or queue < self._batch)
+
+    def _best_batch(self, rate: float) -> tuple[Knobs, float, bool] | None:
+        """A batch size expected to beat ``rate`` by the switch gain, if any.
+
+        Measured batch sizes are judged on their measured throughput, rescaled to the clock
+        they would settle at (central power estimate); a move to the best of them wins. Else an
+        unmeasured one is tried if, on the latency fit and a hopeful power estimate, it could
+        beat ``rate``: the model extrapolates, and only a measurement settles it. A probe
+        enters at the cautious pair, so its first samples stay under the cap.
+        Returns (pair to move to, expected rate, whether that rate was measured).
+        """
+        bar = rate * (1.0 + self._tuning.switch_gain)
+        known: tuple[Knobs, float, bool] | None = None
+        hoped: tuple[Knobs, float, bool] | None = None
+        fit = self._model.latency_fit(self._now_s, self._tuning.measure_s)
+        for batch in self._ladder:
+            if batch == self._batch:
+                continue
+            pair = self._fit(batch, lean=Lean.CENTRAL)
+            found = None
+            if pair is not None:
+                found = self._model.rate_and_source(
+                    batch, pair.sm_clock_mhz, self._now_s, self._tuning.measure_s
+                )
+            if pair is not None and found is not None:
+                expected, exact = found
+                # A rate rescaled from another clock earns a move only with twice the gain.
+                needed = bar if exact else rate * (1.0 + 2.0 * self._tuning.switch_gain)
+                if expected > max(needed, known[1] if known else 0.0):
+                    known = (pair, expected, True)
+                continue
+            if fit is None or batch in self._probed:
+                continue
+            hopeful = self._fit(batch, lean=Lean.HOPEFUL)
+            entry = self._fit(batch, lean=Lean.CAUTIOUS)
+            if hopeful is None or entry is None:
+                continue
+            expected = self._model.predicted_rate(fit, batch, hopeful.sm_clock_mhz)
+            if expected > max(bar, hoped[1] if hoped else 0.0):
+                hoped = (entry, expected, False)
+        return known or hoped
+
+    def _neighbour_probe(self) -> Knobs | None:
+        """Before the latency fit exists: the next rung up, else (once) the next one down."""
+        if self._model.latency_fit(self._now_s, self._tuning.measure_s) is not None:
+            return None
+        index = self._ladder.index(self._batch)
+        candidates = []
+        if index + 1 < len(self._ladder):
+            candidates.append(self._ladder[index + 1])
+        at_top_clock = bool(self._clocks) and self._clock == self._clocks[-1]
+        if self._tuning.probe_down and index > 0 and self._clocks and not at_top_clock:
+            candidates.append(self._ladder[index - 1])
+        for batch in candidates:
+            if batch in self._probed:
+                continue
+            fit = self._fit(batch, lean=Lean.CAUTIOUS)
+            if fit is not None:
+                return fit
+        return None
+
+    # -- actions -------------------------------------------------------------------------
+
+    def _move_batch(self, batch: int, now_s: float, fit_clock: int | None = None) -> None:
+        if batch == self._batch:
+            return
+        if batch > self._batch and self._clock is not None:
+            # Lower the clock first: the new batch size must be safe from its first sample.
+            target = fit_clock if fit_clock is not None else self._clocks[0]
+            if target < self._clock:
+                self._set_clock(target, now_s)
+        self._batch = batch
+        self._batch_applied_s = None
+        self._probed.add(batch)
+        self._reloads += 1
+        # The planner may move freely a few times per cap; then ever more slowly, so that
+        # estimates flickering around the limit cannot make it thrash reloads.
+        self._moves_in_epoch += 1
+        extra = self._moves_in_epoch - self._tuning.free_moves
+        if extra > 0:
+            self._next_move_s = now_s + self._tuning.move_backoff_s * math.pow(2.0, extra - 1)
+
+    def _set_clock(self, clock: int, now_s: float) -> None:
+        if clock != self._clock:
+            self._clock = clock
+            self._clock_quiet_samples = 0
+            self._clock_changed_s = now_s
+
+    def _set_ladders(self, settings: PowerSettings) -> list[str]:
+        notes = []
+        ladder = usable_batch_sizes(settings.batch_sizes, self._tuning.max_beneficial_batch)
+        if ladder != self._ladder:
+            if self._ladder:
+                self._batch = ladder[index_at_or_below(ladder, self._batch)]
+                self._batch_applied_s = None
+                notes.append(f"batch ladder now {list(ladder)}")
+            self._ladder = ladder
+        if settings.clock_levels_mhz != self._clocks:
+            clocks = settings.clock_levels_mhz
+            if not clocks:
+                self._clock = None
+                notes.append("clocks cannot be set: batch size alone from now on")
+            elif self._clock is None:
+                self._set_clock(clocks[0], self._now_s)
+            else:
+                self._set_clock(clocks[index_at_or_below(clocks, self._clock)], self._now_s)
+            self._clocks = clocks
+        return notes
+
+    def _say(self, reason: str, state: str) -> None:
+        self._reason = reason
+        self._state = state
+
+    def _decision(self) -> Decision:
+        return Decision(
+            knobs=Knobs(self._batch, self._clock),
+            reason=self._reason,
+            state=self._state,
+            extra={"limit_watts": self.limit_watts, "reloads": float(self._reloads)},
+        )

@@ -1,0 +1,342 @@
+"""Estimates of peak power and throughput at pairs not (yet) measured, fitted to the table.
+
+Power: ``peak(b, c) = idle + dynamic(b) * (c / c_top) ** gamma``. The idle floor and gamma are
+shared; ``dynamic(b)`` is fitted per measured batch size and interpolated between them (and
+extrapolated beyond) as a power law of the batch size, ``dynamic ~ b ** kappa``. For a fixed
+gamma the least-squares idle floor and dynamic parts have a closed form, so the fit scans
+gamma over a grid. Without clock control the clock term drops out.
+
+Throughput: a batch takes ``fixed + per_item * b`` seconds at a reference clock and scales as
+``clock ** -beta`` (compute-bound inference: beta = 1), fitted on the measured batch sizes.
+
+A *cautious* power estimate, used to enter pairs never seen, leans high: steeper batch-size
+extrapolation and a few per cent on top, so that the first samples there are under the cap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from capinfer_sidecar.policies.table import PlantTable
+
+
+@dataclass(frozen=True)
+class ModelPriors:
+    clock_power_exponent: float = 2.0
+    """gamma until two clocks of one batch size were measured."""
+    batch_power_exponent: float = 0.5
+    """kappa (dynamic power against batch size) until two batch sizes were measured."""
+    clock_rate_exponent: float = 1.0
+    """beta: throughput is taken as proportional to the clock."""
+    kappa_margin: float = 0.15
+    """How far leaning estimates bend the batch-size slope."""
+    cautious_fraction: float = 0.03
+    min_samples: int = 3
+    """Readings a pair needs before its peak is trusted as measured."""
+
+
+_GAMMAS = tuple(1.0 + 0.1 * i for i in range(26))
+
+
+class Lean(Enum):
+    """Which way an estimate at an unmeasured pair leans."""
+
+    CAUTIOUS = "cautious"
+    """High: for entering a pair never seen, so its first samples stay under the cap."""
+    CENTRAL = "central"
+    """The best guess: for where a batch size would settle."""
+    HOPEFUL = "hopeful"
+    """Low: for whether a batch size is worth trying at all."""
+
+
+@dataclass(frozen=True)
+class PowerFit:
+    """``peak(b, c) = idle + dynamic(b) * (c / top) ** gamma``."""
+
+    idle_watts: float
+    gamma: float
+    top_mhz: int | None
+    dynamic_watts: tuple[tuple[int, float], ...]
+    """(batch size, dynamic watts at the top clock) for the measured batch sizes, ascending."""
+    kappa_prior: float
+
+    def dynamic(self, batch: int, lean: Lean, kappa_margin: float) -> float:
+        points = self.dynamic_watts
+        sizes = [b for b, _ in points]
+        if batch in sizes:
+            return points[sizes.index(batch)][1]
+        below = [(b, d) for b, d in points if b < batch]
+        above = [(b, d) for b, d in points if b > batch]
+        # Leaning high means a steeper slope going up and a shallower one going down.
+        steeper = {Lean.CAUTIOUS: kappa_margin, Lean.CENTRAL: 0.0, Lean.HOPEFUL: -kappa_margin}
+        if below and above:
+            (b1, d1), (b2, d2) = below[-1], above[0]
+            kappa = _slope(b1, d1, b2, d2) + steeper[lean]
+            # Power only grows with the batch size: the neighbours bound the estimate.
+            return min(max(d1 * math.pow(batch / b1, max(kappa, 0.0)), d1), d2)
+        if below:
+            kappa = _slope(*below[-2], *below[-1]) if len(below) > 1 else self.kappa_prior
+            # Dynamic power flattens with the batch size as the GPU fills up: hoping, take
+            # half the last slope; leaning high, a steeper one.
+            kappa = kappa / 2 if lean is Lean.HOPEFUL else kappa + steeper[lean]
+            b1, d1 = below[-1]
+            return d1 * math.pow(batch / b1, max(kappa, 0.0))
+        kappa = _slope(*above[0], *above[1]) if len(above) > 1 else self.kappa_prior
+        b2, d2 = above[0]
+        return d2 * math.pow(batch / b2, max(kappa - steeper[lean], 0.0))
+
+    def peak(self, batch: int, clock: int | None, lean: Lean, kappa_margin: float) -> float:
+        dynamic = self.dynamic(batch, lean, kappa_margin)
+        if clock is not None and self.top_mhz is not None:
+            dynamic *= (clock / self.top_mhz) ** self.gamma
+        return self.idle_watts + dynamic
+
+
+def _slope(b1: float, d1: float, b2: float, d2: float) -> float:
+    if d1 <= 0 or d2 <= 0 or b1 == b2:
+        return 0.0
+    return math.log(d2 / d1) / math.log(b2 / b1)
+
+
+def fit_power(
+    points: Sequence[tuple[int, int | None, float]],
+    top_mhz: int | None,
+    priors: ModelPriors,
+) -> PowerFit | None:
+    """Fit the power model to (batch size, clock, peak watts) points; None without points."""
+    if not points:
+        return None
+    if top_mhz is None or any(clock is None for _, clock, _ in points):
+        dynamic = _group_max({b: p for b, _, p in points})
+        return PowerFit(0.0, 1.0, None, dynamic, priors.batch_power_exponent)
+    best: tuple[float, PowerFit] | None = None
+    for gamma in _GAMMAS:
+        fit, error = _fit_for_gamma(points, top_mhz, gamma, priors)
+        # A hair of preference for the prior keeps gamma put when the data cannot tell.
+        error *= 1.0 + 1e-3 * abs(gamma - priors.clock_power_exponent)
+        if best is None or error < best[0]:
+            best = (error, fit)
+    return best[1] if best else None
+
+
+def _group_max(peaks: dict[int, float]) -> tuple[tuple[int, float], ...]:
+    return tuple(sorted(peaks.items()))
+
+
+def _fit_for_gamma(
+    points: Sequence[tuple[int, int | None, float]],
+    top_mhz: int,
+    gamma: float,
+    priors: ModelPriors,
+) -> tuple[PowerFit, float]:
+    groups: dict[int, list[tuple[float, float]]] = {}
+    for batch, clock, peak in points:
+        weight = ((clock or top_mhz) / top_mhz) ** gamma
+        groups.setdefault(batch, []).append((peak, weight))
+    # Residual of point i, with dynamic(b) eliminated: a_i - idle * b_i (closed form in idle).
+    sums = {
+        b: (sum(w * w for _, w in g), sum(w for _, w in g), sum(p * w for p, w in g))
+        for b, g in groups.items()
+    }
+    numerator = 0.0
+    denominator = 0.0
+    for batch, group in groups.items():
+        s_ww, s_w, s_pw = sums[batch]
+        for peak, weight in group:
+            a = peak - s_pw * weight / s_ww
+            b = 1.0 - s_w * weight / s_ww
+            numerator += a * b
+            denominator += b * b
+    floor = min(p for _, _, p in points)
+    idle = numerator / denominator if denominator > 1e-9 else 0.0
+    idle = min(max(idle, 0.0), 0.98 * floor)
+    dynamic: dict[int, float] = {}
+    error = 0.0
+    for batch, group in groups.items():
+        s_ww, s_w, s_pw = sums[batch]
+        part = max((s_pw - idle * s_w) / s_ww, 1e-6)
+        dynamic[batch] = part
+        error += sum((peak - idle - part * weight) ** 2 for peak, weight in group)
+    fit = PowerFit(idle, gamma, top_mhz, _group_max(dynamic), priors.batch_power_exponent)
+    return fit, error
+
+
+@dataclass(frozen=True)
+class LatencyFit:
+    """Batch latency against batch size at a reference clock (None: clocks not controlled)."""
+
+    fixed_s: float
+    per_item_s: float
+    reference_mhz: int | None
+
+
+def _least_squares(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | None:
+    """(intercept, slope) of the line through the points, in relative terms (weights 1/y^2).
+
+    Latencies span orders of magnitude along a batch-size ladder; unweighted, the largest
+    batch sizes would decide the intercept alone. None when x does not vary.
+    """
+    weights = [1.0 / (y * y) for y in ys]
+    total = sum(weights)
+    mean_x = sum(w * x for w, x in zip(weights, xs, strict=True)) / total
+    mean_y = sum(w * y for w, y in zip(weights, ys, strict=True)) / total
+    spread = sum(w * (x - mean_x) ** 2 for w, x in zip(weights, xs, strict=True))
+    if spread <= 0:
+        return None
+    slope = (
+        sum(w * (x - mean_x) * (y - mean_y) for w, x, y in zip(weights, xs, ys, strict=True))
+        / spread
+    )
+    return mean_y - slope * mean_x, slope
+
+
+class PlantModel:
+    """Reads the table and answers "how much power, how much throughput, at this pair?".
+
+    The power fit is recomputed only when the set of measured peaks changed.
+    """
+
+    def __init__(self, table: PlantTable, priors: ModelPriors) -> None:
+        self._table = table
+        self._priors = priors
+        self._power_key: tuple[tuple[int, int | None, float], ...] | None = None
+        self._power_fit: PowerFit | None = None
+        self._power_fit_at: tuple[float, int | None] | None = None
+
+    @property
+    def priors(self) -> ModelPriors:
+        return self._priors
+
+    def measured_peak(self, batch: int, clock: int | None, now_s: float) -> float | None:
+        cell = self._table.get(batch, clock, now_s)
+        if cell is None or len(cell.peaks_watts) < self._priors.min_samples:
+            return None
+        return cell.peak_watts()
+
+    def power_fit(self, now_s: float, top_mhz: int | None) -> PowerFit | None:
+        if self._power_fit_at == (now_s, top_mhz):
+            return self._power_fit
+        self._power_fit_at = (now_s, top_mhz)
+        points = tuple(
+            (batch, clock, round(cell.peak_watts(), 1))
+            for (batch, clock), cell in self._table.items(now_s)
+            if len(cell.peaks_watts) >= self._priors.min_samples
+        )
+        if points != self._power_key:
+            self._power_key = points
+            self._power_fit = fit_power(points, top_mhz, self._priors)
+        return self._power_fit
+
+    def peak(
+        self,
+        batch: int,
+        clock: int | None,
+        now_s: float,
+        top_mhz: int | None,
+        lean: Lean,
+        *,
+        remembered: bool = False,
+    ) -> float | None:
+        """Peak power at any pair: measured, or estimated; None when nothing is known.
+
+        A reading or two at the pair itself (too few to count as measured) is a floor: one
+        hot sample is remembered. ``remembered`` also counts readings a retry forgot.
+        """
+        cell = self._table.get(batch, clock, now_s)
+        floor = 0.0
+        if cell is not None:
+            floor = cell.remembered_watts(now_s) if remembered else cell.peak_watts()
+        measured = self.measured_peak(batch, clock, now_s)
+        if measured is not None:
+            return max(measured, floor)
+        fit = self.power_fit(now_s, top_mhz)
+        estimate = None
+        if fit is not None:
+            estimate = fit.peak(batch, clock, lean, self._priors.kappa_margin)
+            if lean is Lean.CAUTIOUS:
+                estimate *= 1.0 + self._priors.cautious_fraction
+        if floor > 0.0:
+            return max(estimate or 0.0, floor)
+        return estimate
+
+    def rate(
+        self, batch: int, clock: int | None, now_s: float, min_evidence_s: float
+    ) -> float | None:
+        """Inferences per second at a pair, from the well-measured clocks of its batch size."""
+        found = self.rate_and_source(batch, clock, now_s, min_evidence_s)
+        return found[0] if found else None
+
+    def rate_and_source(
+        self, batch: int, clock: int | None, now_s: float, min_evidence_s: float
+    ) -> tuple[float, bool] | None:
+        """(rate, whether it was measured at this very pair rather than rescaled)."""
+        best: tuple[float, float, int | None] | None = None
+        for measured_clock, cell in self._table.cells_for_batch(batch, now_s).items():
+            rate = cell.rate()
+            if rate is None or rate[1] < min_evidence_s:
+                continue
+            if measured_clock == clock:
+                return rate[0], True
+            distance = (
+                abs(math.log(measured_clock / clock))
+                if measured_clock is not None and clock is not None
+                else math.inf
+            )
+            if best is None or distance < best[0]:
+                best = (distance, rate[0], measured_clock)
+        if best is None or clock is None:
+            return None
+        _, rate_value, nearest_clock = best
+        if nearest_clock is None:
+            return None
+        scale = math.pow(clock / nearest_clock, self._priors.clock_rate_exponent)
+        return rate_value * scale, False
+
+    def latency_fit(self, now_s: float, min_evidence_s: float) -> LatencyFit | None:
+        """Fit ``batch latency = fixed + per_item * batch`` at the top clock seen.
+
+        Every batch size measured long enough gives one point (its best-evidenced pair, its
+        latency rescaled to the reference clock with ``beta``). Two distinct batch sizes are
+        needed, and a physical fit (no negative parts).
+        """
+        points: list[tuple[float, float, int | None]] = []
+        for batch in sorted(self._table.batches_seen(now_s)):
+            best: tuple[float, float, int | None] | None = None
+            for clock, cell in self._table.cells_for_batch(batch, now_s).items():
+                rate = cell.rate()
+                formed = cell.mean_batch()
+                if rate is None or formed is None or rate[1] < min_evidence_s or rate[0] <= 0:
+                    continue
+                if best is None or rate[1] > best[0]:
+                    best = (rate[1], formed / rate[0], clock)
+            if best is not None:
+                points.append((float(batch), best[1], best[2]))
+        if len(points) < 2:
+            return None
+        clocks = [c for _, _, c in points if c is not None]
+        reference = max(clocks) if len(clocks) == len(points) else None
+        xs: list[float] = []
+        ys: list[float] = []
+        for batch_size, latency_s, clock in points:
+            scale = 1.0
+            if reference is not None and clock is not None:
+                scale = (clock / reference) ** self._priors.clock_rate_exponent
+            xs.append(batch_size)
+            ys.append(latency_s * scale)
+        fit = _least_squares(xs, ys)
+        if fit is None or fit[0] < 0 or fit[1] <= 0:
+            return None
+        return LatencyFit(fixed_s=fit[0], per_item_s=fit[1], reference_mhz=reference)
+
+    def predicted_rate(self, fit: LatencyFit, batch: int, clock: int | None) -> float:
+        latency_s = fit.fixed_s + fit.per_item_s * batch
+        if fit.reference_mhz is not None and clock is not None:
+            latency_s *= (fit.reference_mhz / clock) ** self._priors.clock_rate_exponent
+        return batch / latency_s
+
+    def mean_batch(self, batch: int, clock: int | None, now_s: float) -> float | None:
+        cell = self._table.get(batch, clock, now_s)
+        return cell.mean_batch() if cell is not None else None

@@ -1,0 +1,235 @@
+"""What the GPU was seen to do at each (batch size, clock) pair, learned online.
+
+Every sample belongs to the settings that served during its whole interval; the sample right
+after a change is left out of the statistics, since part of it ran on the old settings. Per
+pair the table keeps the recent peak-power readings (the highest is what the cap has to allow),
+the spread of the readings (noise), and the inferences completed over time (throughput).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from capinfer_sidecar.policies.base import Knobs, Observation
+
+PEAKS_KEPT = 50
+"""Readings kept per pair: 5 s at the default 0.1 s sample interval."""
+
+
+@dataclass
+class Segment:
+    """A stretch of consecutive samples at one pair, for throughput.
+
+    Throughput is the least-squares slope of completed inferences against time, over the
+    samples at which batches completed: a completion is only known to the sample interval,
+    and the slope over many of them averages that out far better than first-to-last does.
+    """
+
+    origin_s: float
+    points: int = 0
+    sum_t: float = 0.0
+    sum_y: float = 0.0
+    sum_tt: float = 0.0
+    sum_ty: float = 0.0
+    first_s: float = 0.0
+    last_s: float = 0.0
+
+    def add(self, now_s: float, inferences: int) -> None:
+        t = now_s - self.origin_s
+        if self.points == 0:
+            self.first_s = now_s
+        self.last_s = now_s
+        self.points += 1
+        self.sum_t += t
+        self.sum_y += inferences
+        self.sum_tt += t * t
+        self.sum_ty += t * inferences
+
+    def centred(self) -> tuple[float, float]:
+        """(S_tt, S_ty): the centred sums of the slope's normal equation."""
+        if self.points < 2:
+            return 0.0, 0.0
+        s_tt = self.sum_tt - self.sum_t * self.sum_t / self.points
+        s_ty = self.sum_ty - self.sum_t * self.sum_y / self.points
+        return s_tt, s_ty
+
+    @property
+    def span_s(self) -> float:
+        return self.last_s - self.first_s if self.points >= 2 else 0.0
+
+
+@dataclass
+class Cell:
+    """Everything known about one (batch size, clock) pair."""
+
+    peaks_watts: deque[float] = field(default_factory=lambda: deque(maxlen=PEAKS_KEPT))
+    last_seen_s: float = -1.0
+    last_steady_s: float = -1.0
+    samples: int = 0
+    inferences: int = 0
+    batches: int = 0
+    segments: list[Segment] = field(default_factory=list)
+    reading_mean_watts: float = 0.0
+    reading_m2: float = 0.0
+    worst_watts: float = 0.0
+    """The highest reading in the last ``worst_memory_s``: not forgotten when a pair's time
+    away is up, so that moving the batch size (a reload) never rests on a retry's hope."""
+    worst_s: float = -math.inf
+    worst_memory_s: float = 60.0
+    hot_strikes: int = 0
+    hot_until_s: float = -math.inf
+    hot_watts: float = 0.0
+
+    def peak_watts(self) -> float:
+        """The highest recent reading: what the cap has to allow for this pair."""
+        return max(self.peaks_watts) if self.peaks_watts else 0.0
+
+    def remembered_watts(self, now_s: float) -> float:
+        """The highest reading still remembered, including ones a retry forgot."""
+        worst = self.worst_watts if now_s - self.worst_s <= self.worst_memory_s else 0.0
+        return max(worst, self.peak_watts())
+
+    def mean_batch(self) -> float | None:
+        """Inferences per completed batch: below the max batch size under light load."""
+        return self.inferences / self.batches if self.batches else None
+
+    def rate(self) -> tuple[float, float] | None:
+        """(inferences per second, seconds of evidence), or None before two completions."""
+        s_tt = 0.0
+        s_ty = 0.0
+        span_s = 0.0
+        for segment in self.segments:
+            tt, ty = segment.centred()
+            s_tt += tt
+            s_ty += ty
+            span_s += segment.span_s
+        if s_tt <= 0 or span_s <= 0:
+            return None
+        return s_ty / s_tt, span_s
+
+    def note_peak(self, watts: float, now_s: float) -> None:
+        """A reading attributed to this pair (possibly from a mixed interval)."""
+        self.peaks_watts.append(watts)
+        if watts >= self.worst_watts or now_s - self.worst_s > self.worst_memory_s:
+            self.worst_watts = watts
+            self.worst_s = now_s
+
+    def add_reading(self, watts: float, now_s: float) -> None:
+        self.note_peak(watts, now_s)
+        self.samples += 1
+        delta = watts - self.reading_mean_watts
+        self.reading_mean_watts += delta / self.samples
+        self.reading_m2 += delta * (watts - self.reading_mean_watts)
+
+
+def _key(knobs: Knobs) -> tuple[int, int | None]:
+    return (knobs.batch_size, knobs.sm_clock_mhz)
+
+
+def _not_lower(new: Knobs, old: Knobs) -> bool:
+    if new.batch_size < old.batch_size:
+        return False
+    if new.sm_clock_mhz is None or old.sm_clock_mhz is None:
+        return new.sm_clock_mhz == old.sm_clock_mhz
+    return new.sm_clock_mhz >= old.sm_clock_mhz
+
+
+class PlantTable:
+    """Cells keyed by (batch size, clock MHz or None), fed one observation at a time."""
+
+    def __init__(self, memory_s: float) -> None:
+        self._memory_s = memory_s
+        self._cells: dict[tuple[int, int | None], Cell] = {}
+        self._previous: Observation | None = None
+
+    def record(self, observation: Observation) -> Cell | None:
+        """File the sample under the pair that served its whole interval; return that cell."""
+        previous, self._previous = self._previous, observation
+        if previous is None:
+            return None
+        cell = self._cells.setdefault(_key(observation.applied), Cell())
+        if previous.applied != observation.applied:
+            # Part of this interval ran on the old settings. After a move up (nothing lower),
+            # the reading still bounds the new pair's peak from above (power only grows with
+            # either knob), so keep it: a hot pair is remembered from its first sample.
+            if _not_lower(observation.applied, previous.applied):
+                cell.note_peak(observation.power_watts, observation.now_s)
+                cell.last_seen_s = observation.now_s
+            return None
+        if not (cell.segments and cell.last_steady_s == previous.now_s):
+            cell.segments.append(Segment(origin_s=previous.now_s))
+            del cell.segments[:-4]  # old stretches say little about today's throughput
+        completed = observation.batches_completed - previous.batches_completed
+        if completed > 0:
+            cell.segments[-1].add(observation.now_s, observation.inferences_completed)
+        cell.add_reading(observation.power_watts, observation.now_s)
+        cell.last_seen_s = observation.now_s
+        cell.last_steady_s = observation.now_s
+        cell.inferences += observation.inferences_completed - previous.inferences_completed
+        cell.batches += completed
+        return cell
+
+    def get(self, batch_size: int, clock_mhz: int | None, now_s: float) -> Cell | None:
+        """The cell for a pair, unless it was last seen longer ago than the memory."""
+        cell = self._cells.get((batch_size, clock_mhz))
+        if cell is None or now_s - cell.last_seen_s > self._memory_s:
+            return None
+        return cell
+
+    def items(self, now_s: float) -> list[tuple[tuple[int, int | None], Cell]]:
+        """Fresh cells, keyed by (batch size, clock)."""
+        return [
+            (key, cell)
+            for key, cell in self._cells.items()
+            if now_s - cell.last_seen_s <= self._memory_s
+        ]
+
+    def cells_for_batch(self, batch_size: int, now_s: float) -> dict[int | None, Cell]:
+        """Fresh cells of one batch size, by clock."""
+        return {clock: cell for (batch, clock), cell in self.items(now_s) if batch == batch_size}
+
+    def batches_seen(self, now_s: float) -> set[int]:
+        return {batch for (batch, _), _ in self.items(now_s)}
+
+    def noise_watts(self, now_s: float, min_samples: int = 10) -> float | None:
+        """Pooled standard deviation of the readings within pairs; None before enough data."""
+        m2 = 0.0
+        dof = 0
+        for _, cell in self.items(now_s):
+            if cell.samples >= min_samples:
+                m2 += cell.reading_m2
+                dof += cell.samples - 1
+        return math.sqrt(m2 / dof) if dof else None
+
+    def mark_hot(self, knobs: Knobs, reading_watts: float, now_s: float, backoff_s: float) -> float:
+        """A reading at this pair was too high: keep away from it, longer each time.
+
+        Returns for how long. When the time is up (:meth:`release_expired`) the pair's
+        readings are forgotten, so that it can be tried again: conditions may have changed.
+        """
+        cell = self._cells.setdefault(_key(knobs), Cell())
+        cell.hot_strikes += 1
+        blocked_s = min(backoff_s * math.pow(2.0, cell.hot_strikes - 1), self._memory_s)
+        cell.hot_until_s = now_s + blocked_s
+        cell.hot_watts = reading_watts
+        cell.note_peak(reading_watts, now_s)
+        cell.last_seen_s = max(cell.last_seen_s, now_s)
+        return blocked_s
+
+    def hot(self, batch_size: int, clock_mhz: int | None, now_s: float, limit_watts: float) -> bool:
+        """Whether a pair is being kept away from (it was seen above ``limit_watts``)."""
+        cell = self._cells.get((batch_size, clock_mhz))
+        return cell is not None and now_s < cell.hot_until_s and cell.hot_watts > limit_watts
+
+    def release_expired(self, now_s: float) -> None:
+        """Forget the readings of pairs whose time away is up (the strike count stays)."""
+        for cell in self._cells.values():
+            if cell.hot_watts and now_s >= cell.hot_until_s:
+                cell.peaks_watts.clear()
+                cell.hot_watts = 0.0
+
+    def forget(self) -> None:
+        self._cells.clear()
+        self._previous = None
