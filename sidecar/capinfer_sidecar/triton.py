@@ -20,15 +20,19 @@ instead of going negative.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import tritonclient.grpc.aio as triton_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from capinfer_sidecar.loop import ServerCounters
@@ -252,6 +256,55 @@ def throughput_between(before: StatisticsSnapshot, after: StatisticsSnapshot) ->
     )
 
 
+# -- Triton's Prometheus metrics: pure parsing, one blocking read -------------------------
+def _samples(metrics_text: str, metric: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == metric
+        for sample in family.samples
+        if sample.name == metric
+    ]
+
+
+def gpu_uuids_in_metrics(metrics_text: str) -> list[str]:
+    """The GPUs Triton serves on, from the ``gpu_uuid`` labels of its GPU metrics.
+
+    This is how the sidecar learns which GPUs its pod's Triton uses without asking the
+    kubelet: Triton labels every per-GPU metric with the UUID. Order of first appearance.
+    """
+    uuids: list[str] = []
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            uuid = sample.labels.get("gpu_uuid")
+            if uuid and uuid not in uuids:
+                uuids.append(uuid)
+    return uuids
+
+
+def pending_requests_in_metrics(metrics_text: str, model_name: str) -> int | None:
+    """Requests queued for ``model_name`` (all versions); None when Triton does not say."""
+    counts = [
+        value
+        for labels, value in _samples(metrics_text, "nv_inference_pending_request_count")
+        if labels.get("model") == model_name
+    ]
+    return int(sum(counts)) if counts else None
+
+
+def _read_url(url: str, timeout_s: float) -> str:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return bytes(response.read()).decode()
+
+
+async def read_metrics(metrics_url: str, timeout_s: float = 2.0) -> str:
+    """Triton's ``/metrics`` text; :class:`TritonUnavailableError` when it does not answer."""
+    try:
+        return await asyncio.to_thread(_read_url, metrics_url, timeout_s)
+    except (urllib.error.URLError, OSError) as error:
+        raise TritonUnavailableError(f"read {metrics_url}: {error}") from error
+
+
 # -- the adapter --------------------------------------------------------------------------
 RECONNECT_BACKOFF_MS = (100, 1000)
 """gRPC reconnect backoff, first and longest: Triton is local, so once it is back (after a
@@ -292,7 +345,8 @@ class TritonModel:
 
     ``client`` is a ``tritonclient.grpc.aio.InferenceServerClient`` the caller owns and
     closes. Reads use ``request_timeout_s``; a load may take ``load_timeout_s`` (big
-    TensorRT models take tens of seconds).
+    TensorRT models take tens of seconds). With ``metrics_url`` (Triton's ``/metrics``)
+    :meth:`counters` also reports the queue depth.
     """
 
     def __init__(
@@ -303,8 +357,10 @@ class TritonModel:
         request_timeout_s: float = 5.0,
         load_timeout_s: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics_url: str | None = None,
     ) -> None:
         self._client = client
+        self._metrics_url = metrics_url
         self.model_name = model_name
         self._request_timeout_s = request_timeout_s
         self._load_timeout_s = load_timeout_s
@@ -349,9 +405,24 @@ class TritonModel:
         return StatisticsSnapshot.of(response, self.model_name, self._monotonic())
 
     async def counters(self) -> ServerCounters:
-        """The control loop's view: cumulative inferences and batches."""
+        """The control loop's view: cumulative inferences and batches, and the queue."""
         snapshot = await self.statistics()
-        return ServerCounters(inferences=snapshot.inference_count, batches=snapshot.execution_count)
+        return ServerCounters(
+            inferences=snapshot.inference_count,
+            batches=snapshot.execution_count,
+            queue_depth=await self.queue_depth(),
+        )
+
+    async def queue_depth(self) -> int | None:
+        """Requests waiting for the model; None without a metrics URL or an answer."""
+        if self._metrics_url is None:
+            return None
+        try:
+            text = await read_metrics(self._metrics_url, self._request_timeout_s)
+        except TritonUnavailableError as error:
+            log.debug("queue depth unknown: %s", error)
+            return None
+        return pending_requests_in_metrics(text, self.model_name)
 
     async def _load(self, config: Mapping[str, Any]) -> None:
         try:

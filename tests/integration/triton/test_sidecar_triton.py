@@ -15,7 +15,10 @@ from capinfer_sidecar.triton import (
     ReloadError,
     TritonModel,
     TritonUnavailableError,
+    gpu_uuids_in_metrics,
     open_client,
+    pending_requests_in_metrics,
+    read_metrics,
     throughput_between,
 )
 
@@ -182,3 +185,26 @@ async def test_an_unreachable_server_is_reported_and_the_adapter_recovers(
                 await asyncio.sleep(0.1)
     assert batching.max_batch_size == 8
     assert (await model.statistics()).inference_count == 0
+
+
+async def test_queue_depth_and_gpus_come_from_tritons_metrics(
+    triton_server: LocalTritonServer, load: ClosedLoopLoad
+) -> None:
+    client = open_client(triton_server.grpc_url)
+    try:
+        model = TritonModel(client, "simbatch", metrics_url=triton_server.metrics_url)
+        counters = await model.counters()
+    finally:
+        await client.close()
+    assert counters.queue_depth is not None
+    assert 0 <= counters.queue_depth <= CONCURRENCY
+    text = await read_metrics(triton_server.metrics_url)
+    assert pending_requests_in_metrics(text, "simbatch") is not None
+    # A CPU-only server exports no per-GPU metric, so no GPU is found.
+    assert gpu_uuids_in_metrics(text) == []
+
+
+async def test_unreadable_metrics_leave_the_queue_depth_unknown(model: TritonModel) -> None:
+    with pytest.raises(TritonUnavailableError):
+        await read_metrics("http://127.0.0.1:9/metrics", timeout_s=1.0)
+    assert (await model.counters()).queue_depth is None

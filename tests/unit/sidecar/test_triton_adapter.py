@@ -17,6 +17,8 @@ from capinfer_sidecar.triton import (
     TritonUnavailableError,
     config_with_max_batch_size,
     error_from_triton,
+    gpu_uuids_in_metrics,
+    pending_requests_in_metrics,
     throughput_between,
 )
 
@@ -224,3 +226,31 @@ async def test_a_failed_restore_says_the_state_is_unknown() -> None:
         await model.reload_with_max_batch_size(16)
     assert raised.value.in_effect_batch_size is None
     assert not raised.value.rolled_back
+
+
+# Shaped like tritonserver 2.51's /metrics on a two-GPU node.
+TRITON_METRICS = """\
+# HELP nv_inference_pending_request_count Instantaneous number of pending requests
+# TYPE nv_inference_pending_request_count gauge
+nv_inference_pending_request_count{model="resnet",version="1"} 5
+nv_inference_pending_request_count{model="resnet",version="2"} 2
+nv_inference_pending_request_count{model="other",version="1"} 40
+# HELP nv_gpu_power_usage GPU power usage in watts
+# TYPE nv_gpu_power_usage gauge
+nv_gpu_power_usage{gpu_uuid="GPU-3f2a"} 251.3
+nv_gpu_power_usage{gpu_uuid="GPU-9c01"} 88.0
+# HELP nv_gpu_utilization GPU utilization rate [0.0 - 1.0)
+# TYPE nv_gpu_utilization gauge
+nv_gpu_utilization{gpu_uuid="GPU-3f2a"} 0.97
+nv_gpu_utilization{gpu_uuid="GPU-9c01"} 0.12
+"""
+
+
+def test_gpu_uuids_come_from_tritons_metric_labels() -> None:
+    assert gpu_uuids_in_metrics(TRITON_METRICS) == ["GPU-3f2a", "GPU-9c01"]
+    assert gpu_uuids_in_metrics("# TYPE nv_cpu_utilization gauge\nnv_cpu_utilization 0\n") == []
+
+
+def test_queue_depth_adds_up_the_models_versions() -> None:
+    assert pending_requests_in_metrics(TRITON_METRICS, "resnet") == 7
+    assert pending_requests_in_metrics(TRITON_METRICS, "absent") is None
