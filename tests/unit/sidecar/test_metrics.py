@@ -1,0 +1,103 @@
+"""The sidecar's Prometheus metrics, rendered from a loop snapshot into a fresh registry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from capinfer_sidecar.loop import LoopSnapshot
+from capinfer_sidecar.metrics import SnapshotCollector
+
+SNAPSHOT = LoopSnapshot(
+    now_s=100.0,
+    cap_watts=250.0,
+    power_watts=243.5,
+    mean_power_watts=231.0,
+    energy_joules=12_345.0,
+    batch_size=32,
+    requested_batch_size=64,
+    sm_clock_mhz=1410,
+    inferences_per_second=880.0,
+    seconds_over_cap=1.5,
+    violations=3,
+    reloads=7,
+    reload_failures=1,
+    policy="adaptive",
+    policy_state="settled",
+    reason="inside the band",
+    clock_control=True,
+    degraded=None,
+)
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+def test_nothing_is_exported_before_the_first_sample(registry: CollectorRegistry) -> None:
+    SnapshotCollector().register(registry)
+    assert generate_latest(registry) == b""
+
+
+def test_readings_and_knobs_are_exported_in_base_units(registry: CollectorRegistry) -> None:
+    SnapshotCollector({"gpu_uuid": "GPU-1"}).register(registry).update(SNAPSHOT)
+    labels = {"gpu_uuid": "GPU-1"}
+    value = registry.get_sample_value
+    assert value("capinfer_gpu_power_watts", labels) == 243.5
+    assert value("capinfer_gpu_mean_power_watts", labels) == 231.0
+    assert value("capinfer_power_cap_watts", labels) == 250.0
+    assert value("capinfer_batch_size", labels) == 32
+    assert value("capinfer_requested_batch_size", labels) == 64
+    assert value("capinfer_sm_clock_mhz", labels) == 1410
+    assert value("capinfer_inferences_per_second", labels) == 880.0
+    assert value("capinfer_clock_control", labels) == 1
+    assert value("capinfer_degraded", {**labels, "reason": ""}) == 0
+    policy = {**labels, "policy": "adaptive", "state": "settled"}
+    assert value("capinfer_policy_info", policy) == 1
+
+
+def test_totals_are_counters(registry: CollectorRegistry) -> None:
+    SnapshotCollector().register(registry).update(SNAPSHOT)
+    value = registry.get_sample_value
+    assert value("capinfer_gpu_energy_joules_total") == 12_345.0
+    assert value("capinfer_over_cap_seconds_total") == 1.5
+    assert value("capinfer_cap_violations_total") == 3
+    assert value("capinfer_reloads_total", {"result": "ok"}) == 7
+    assert value("capinfer_reloads_total", {"result": "failed"}) == 1
+    families = {
+        family.name: family.type
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+    }
+    assert families["capinfer_gpu_energy_joules"] == "counter"
+    assert families["capinfer_gpu_power_watts"] == "gauge"
+
+
+def test_the_latest_snapshot_wins(registry: CollectorRegistry) -> None:
+    collector = SnapshotCollector().register(registry)
+    collector.update(SNAPSHOT)
+    collector.update(replace(SNAPSHOT, cap_watts=180.0, violations=4))
+    assert registry.get_sample_value("capinfer_power_cap_watts") == 180.0
+    assert registry.get_sample_value("capinfer_cap_violations_total") == 4
+
+
+def test_unknown_readings_and_free_clocks_are_left_out(registry: CollectorRegistry) -> None:
+    degraded = replace(
+        SNAPSHOT,
+        power_watts=math.nan,
+        energy_joules=math.nan,
+        sm_clock_mhz=None,
+        clock_control=False,
+        degraded="power readings stopped",
+    )
+    SnapshotCollector().register(registry).update(degraded)
+    value = registry.get_sample_value
+    assert value("capinfer_gpu_power_watts") is None
+    assert value("capinfer_gpu_energy_joules_total") is None
+    assert value("capinfer_sm_clock_mhz") is None
+    assert value("capinfer_clock_control") == 0
+    assert value("capinfer_degraded", {"reason": "power readings stopped"}) == 1
