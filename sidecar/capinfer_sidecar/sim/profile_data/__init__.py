@@ -1,0 +1,1 @@
+"""Built-in GPU profile sets, one YAML file each (see :mod:`capinfer_sidecar.sim.profiles`)."""
