@@ -411,7 +411,11 @@ class LocalTritonServer:
         self._end_group(grace_s=0.0)
 
     def stop(self) -> None:
-        """SIGTERM the group, wait for the server to unload its models, then SIGKILL."""
+        """SIGTERM the group, wait for the server to unload its models, then SIGKILL.
+
+        ``--exit-timeout-secs`` is set just under ``stop_timeout_s``: after a failed model
+        load tritonserver 2.51 counts a model that never unloads and waits out that timeout.
+        """
         self._end_group(grace_s=self._stop_timeout_s)
 
     def _end_group(self, grace_s: float) -> None:
