@@ -21,16 +21,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from capinfer_sidecar.gpu.errors import GpuRefusedError
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
 
 log = logging.getLogger(__name__)
 
 FAST_READS_PER_SAMPLE = 5
 """Instant-power reads inside one sample interval: the max approximates the peak."""
-
-
-class ClockPermissionError(Exception):
-    """The GPU refused to change clocks (NVML NO_PERMISSION / NOT_SUPPORTED)."""
 
 
 class PowerMeter(Protocol):
@@ -278,7 +275,7 @@ class ControlLoop:
             else:
                 self.gpu.set_locked_sm_clock_mhz(clock_mhz)
                 self._clock_locked = True
-        except ClockPermissionError as error:
+        except GpuRefusedError as error:
             log.warning("clock control refused (%s): continuing with the batch size alone", error)
             self.policy.disable_clock_control(str(error))
             self.update_settings(replace(self.settings, clock_levels_mhz=()))
