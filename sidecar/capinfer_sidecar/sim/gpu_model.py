@@ -28,7 +28,7 @@ import bisect
 import math
 import random
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from capinfer_sidecar.sim.profiles import WorkloadProfile
 
@@ -38,8 +38,7 @@ INTERNAL_READS_PER_S = 50.0
 """Sensor reads the GPU averages per second: sets the noise of averaged readings."""
 
 
-@dataclass(frozen=True)
-class PowerPiece:
+class PowerPiece(NamedTuple):
     """A stretch of one batch at one clock: constant power from ``start_s`` to ``end_s``."""
 
     start_s: float
@@ -47,8 +46,7 @@ class PowerPiece:
     watts: float
 
 
-@dataclass(frozen=True)
-class OpenBatch:
+class OpenBatch(NamedTuple):
     size: int
     start_s: float
     jitter: float
@@ -143,6 +141,9 @@ class VirtualGpu:
     # -- truth ------------------------------------------------------------------------------
 
     def true_power_watts(self, at_s: float) -> float:
+        if self._open is not None and self._open.start_s <= at_s:
+            # Still executing as far as anyone knows: the batch's power at this instant.
+            return self._split(self._open, at_s)[-1].watts
         for piece in self._pieces_between(at_s, at_s):
             if piece.start_s <= at_s < piece.end_s:
                 return piece.watts
@@ -217,8 +218,11 @@ class VirtualGpu:
 
     def _split(self, batch: OpenBatch, end_s: float) -> list[PowerPiece]:
         """The batch from its start to ``end_s``, one piece per clock in effect."""
-        pieces: list[PowerPiece] = []
         start_s = batch.start_s
+        if self._clock_times_s[-1] <= start_s:  # no clock change since it started
+            watts = self._busy_watts(batch.size, self._clock_values[-1], batch.jitter)
+            return [PowerPiece(start_s, max(end_s, start_s), watts)]
+        pieces: list[PowerPiece] = []
         index = bisect.bisect_right(self._clock_times_s, start_s) - 1
         while True:
             next_change_s = (
@@ -235,9 +239,9 @@ class VirtualGpu:
 
     def _close(self, batch: OpenBatch, end_s: float) -> None:
         for piece in self._split(batch, end_s):
-            # A part already accounted as idle (the batch was reported late) is corrected.
-            counted_s = min(piece.end_s, self._accounted_s) - piece.start_s
-            if counted_s > 0:
+            if piece.start_s < self._accounted_s:
+                # A part already accounted as idle (the batch was reported late): correct it.
+                counted_s = min(piece.end_s, self._accounted_s) - piece.start_s
                 self._energy_j += (piece.watts - self._idle_watts) * counted_s
             self._pieces.append(piece)
         self._last_end_s = max(self._last_end_s, end_s)
