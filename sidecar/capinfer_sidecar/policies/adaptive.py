@@ -43,10 +43,14 @@ _LIGHT_LOAD_EVIDENCE_BATCHES = 5
 class AdaptiveTuning:
     """Knobs of the controller itself; the defaults are what the benchmark was tuned with."""
 
-    headroom: float = 0.01
+    headroom: float = 0.004
     """Least working headroom under the cap, as a fraction of it."""
-    noise_sigmas: float = 1.0
-    """Headroom in standard deviations of the readings (learned), when that is more."""
+    noise_sigmas: float = 0.75
+    """Headroom in standard deviations of the sensor noise (learned), when that is more."""
+    noise_prior: float = 0.005
+    """Sensor noise assumed until learned, as a fraction of the cap."""
+    alarm_sigmas: float = 2.5
+    """A reading this many noise deviations over the cap is a violation beyond doubt."""
     max_headroom: float = 0.05
     """Most working headroom under the cap, as a fraction of it."""
     hot_backoff_s: float = 5.0
@@ -65,6 +69,8 @@ class AdaptiveTuning:
     """Batch-size moves per cap without a wait; each further one waits twice as long."""
     move_backoff_s: float = 10.0
     """The wait before the first move past ``free_moves``."""
+    probe_gain: float = 0.05
+    """Relative gain a batch size never measured must hopefully promise to be tried."""
     switch_gain: float = 0.03
     """Relative throughput gain a known batch size must promise to be worth a reload."""
     memory_s: float = 120.0
@@ -121,6 +127,8 @@ class Adaptive(Policy):
         self._reloads = 0
         self._now_s = 0.0
         self._last_applied: Knobs | None = None
+        self._draining: tuple[int, int] | None = None
+        """(batch size, batches count) of a batch formed under the previous max, executing."""
         self._limit_at: tuple[float, float] | None = None
         self._limit_watts = 0.0
         self._planned_s = -1.0
@@ -141,10 +149,11 @@ class Adaptive(Policy):
 
     @property
     def limit_watts(self) -> float:
-        """The working limit: the cap less a headroom for the noise above the peaks seen."""
+        """The working limit for a pair's peak: the cap less a headroom for the estimate's
+        error (a share of the cap, or of the sensor noise when that is more)."""
         cap = self.settings.cap_watts
         if self._limit_at != (self._now_s, cap):
-            noise = self._table.noise_watts(self._now_s) or 0.0
+            noise = self._table.noise_watts
             headroom = min(
                 max(self._tuning.noise_sigmas * noise, self._tuning.headroom * cap),
                 self._tuning.max_headroom * cap,
@@ -152,6 +161,11 @@ class Adaptive(Policy):
             self._limit_at = (self._now_s, cap)
             self._limit_watts = cap - headroom
         return self._limit_watts
+
+    @property
+    def alarm_watts(self) -> float:
+        """A reading above this is a violation beyond doubt, not sensor noise."""
+        return self.settings.cap_watts + self._tuning.alarm_sigmas * self._table.noise_watts
 
     # -- the Policy interface ------------------------------------------------------------
 
@@ -191,17 +205,9 @@ class Adaptive(Policy):
     def step(self, observation: Observation) -> Decision:
         self._now_s = observation.now_s
         previous, self._last_applied = self._last_applied, observation.applied
+        self._table.noise_prior_watts = self._tuning.noise_prior * self.settings.cap_watts
         self._table.record(observation)
         self._table.release_expired(observation.now_s)
-        if observation.power_watts > self.limit_watts and _owns_reading(
-            observation.applied, previous
-        ):
-            self._table.mark_hot(
-                observation.applied,
-                observation.power_watts,
-                observation.now_s,
-                self._tuning.hot_backoff_s,
-            )
         if observation.applied.sm_clock_mhz == self._clock:
             self._clock_quiet_samples += 1
         if (
@@ -210,21 +216,39 @@ class Adaptive(Policy):
             and observation.applied.batch_size == self._batch
         ):
             self._batch_applied_s = observation.now_s
-        if observation.power_watts > self.settings.cap_watts:
-            self._on_over_cap(observation)
-        elif observation.power_watts > self.limit_watts:
-            self._on_near_cap(observation)
+        if previous is not None and previous.batch_size != observation.applied.batch_size:
+            # The batch formed under the old max may still be executing: until it is done,
+            # a clock must be safe for it too.
+            self._draining = (previous.batch_size, observation.batches_completed + 1)
+        if self._draining is not None and observation.batches_completed >= self._draining[1]:
+            self._draining = None
+        owned = _owns_reading(observation.applied, previous)
+        if observation.power_watts > self.alarm_watts:
+            self._on_over_cap(observation, owned)
+        elif observation.power_watts > self.settings.cap_watts or (
+            self._pair_peak(observation.applied) > self.limit_watts
+        ):
+            self._on_near_cap(observation, owned)
         else:
             self._climb(observation)
             self._plan(observation)
         return self._decision()
 
+    def _pair_peak(self, knobs: Knobs) -> float:
+        cell = self._table.get(knobs.batch_size, knobs.sm_clock_mhz, self._now_s)
+        if cell is None or not cell.peaks_watts:
+            return 0.0
+        return cell.peak_watts(self._table.noise_watts)
+
     # -- reactions -----------------------------------------------------------------------
 
-    def _on_over_cap(self, observation: Observation) -> None:
+    def _on_over_cap(self, observation: Observation, owned: bool) -> None:
+        """A reading over the cap by more than the noise: cut at once."""
         applied = observation.applied
         reading = f"peak {observation.power_watts:.1f} W over the cap {self.settings.cap_watts:g} W"
         clock = applied.sm_clock_mhz
+        if owned:
+            self._keep_away(applied, observation.power_watts - self._table.noise_watts)
         if self._clocks and clock is not None and clock > self._clocks[0]:
             target = self._clock_under_limit(applied.batch_size, clock, observation.power_watts)
             if self._clock is not None and target < self._clock:
@@ -235,29 +259,52 @@ class Adaptive(Policy):
                     "over-cap",
                 )
             return
+        self._batch_down(observation, reading)
+
+    def _batch_down(self, observation: Observation, reading: str) -> None:
+        applied = observation.applied
         if self._batch < applied.batch_size:
             return  # a smaller batch size is already on its way
         smaller = self._smaller_batch(applied.batch_size)
         if smaller is None:
             self._say(
                 f"{reading} at the smallest batch and lowest clock: cap unreachable",
-                ("cap-unreachable"),
+                "cap-unreachable",
             )
             return
         self._move_batch(smaller, observation.now_s)
         self._say(f"{reading} at batch {applied.batch_size}: batch down to {smaller}", "over-cap")
 
-    def _on_near_cap(self, observation: Observation) -> None:
-        clock = observation.applied.sm_clock_mhz
-        if not self._clocks or clock is None or self._clock != clock or clock == self._clocks[0]:
+    def _on_near_cap(self, observation: Observation, owned: bool) -> None:
+        """A reading over the cap within the noise, or a pair whose peak is over the limit.
+
+        One noisy reading alone moves nothing (neither up nor down); a pair whose peak, from
+        all its recent readings, is above the limit is left one clock level down.
+        """
+        applied = observation.applied
+        peak = self._pair_peak(applied)
+        if peak <= self.limit_watts:
+            return
+        clock = applied.sm_clock_mhz
+        lowest = not self._clocks or clock is None or clock == self._clocks[0]
+        if lowest:
+            if peak > self.settings.cap_watts:
+                self._batch_down(observation, f"peak {peak:.1f} W over the cap")
+            return
+        if owned:
+            self._keep_away(applied, peak)
+        if clock is None or self._clock != clock:
             return
         lower = self._clocks[self._clocks.index(clock) - 1]
         self._set_clock(lower, observation.now_s)
         self._say(
-            f"peak {observation.power_watts:.1f} W above the limit {self.limit_watts:.1f} W "
-            f"at batch {observation.applied.batch_size}, {clock} MHz: clock down to {lower} MHz",
+            f"peak {peak:.1f} W above the limit {self.limit_watts:.1f} W at batch "
+            f"{applied.batch_size}, {clock} MHz: clock down to {lower} MHz",
             "trimming",
         )
+
+    def _keep_away(self, knobs: Knobs, peak_watts: float) -> None:
+        self._table.mark_hot(knobs, peak_watts, self._now_s, self._tuning.hot_backoff_s)
 
     def _climb(self, observation: Observation) -> None:
         clock = self._clock
@@ -265,7 +312,14 @@ class Adaptive(Policy):
             return
         if self._clock_quiet_samples < self._tuning.dwell_samples:
             return
-        target = self._highest_safe_clock({observation.applied.batch_size, self._batch}, clock)
+        # A batch must have run from start to end at this pair: between spikes the readings
+        # sit at the idle floor, and one of those would look like room to climb.
+        if self._model.measured_peak(observation.applied.batch_size, clock, self._now_s) is None:
+            return
+        batches = {observation.applied.batch_size, self._batch}
+        if self._draining is not None:
+            batches.add(self._draining[0])
+        target = self._highest_safe_clock(batches, clock)
         if target <= clock:
             return
         self._set_clock(target, observation.now_s)
@@ -294,7 +348,7 @@ class Adaptive(Policy):
             return
         self._planned_s = now_s
         rate = self._model.rate(self._batch, self._clock, now_s, self._tuning.measure_s)
-        if rate is None:
+        if rate is None or rate <= 0:
             return
         before = self._batch
         choice = self._best_batch(rate)
@@ -332,6 +386,8 @@ class Adaptive(Policy):
         if self._clock != top or observation.applied.sm_clock_mhz != top:
             return False
         if self._clock_quiet_samples < self._tuning.dwell_samples:
+            return False
+        if self._model.measured_peak(self._batch, top, self._now_s) is None:
             return False
         before = self._batch
         target = None
@@ -395,8 +451,7 @@ class Adaptive(Policy):
     def _peak(
         self, batch: int, clock: int | None, lean: Lean, *, remembered: bool = False
     ) -> float | None:
-        top = self._clocks[-1] if self._clocks else None
-        return self._model.peak(batch, clock, self._now_s, top, lean, remembered=remembered)
+        return self._model.peak(batch, clock, self._now_s, lean, remembered=remembered)
 
     def _clock_under_limit(self, batch: int, clock: int, reading_watts: float) -> int:
         """The highest level below ``clock`` estimated under the limit after a violation.
@@ -404,7 +459,7 @@ class Adaptive(Policy):
         The reading itself is rescaled along the fitted clock curve: it may be hotter than
         anything the fit has seen (new conditions), and it is what has to come down.
         """
-        fit = self._model.power_fit(self._now_s, self._clocks[-1])
+        fit = self._model.power_fit(self._now_s)
         idle = fit.idle_watts if fit else 0.0
         gamma = fit.gamma if fit else self._tuning.priors.clock_power_exponent
         for candidate in reversed([c for c in self._clocks if c < clock]):
@@ -508,7 +563,7 @@ class Adaptive(Policy):
         """
         bar = rate * (1.0 + self._tuning.switch_gain)
         known: tuple[Knobs, float, bool] | None = None
-        hoped: tuple[Knobs, float, bool] | None = None
+        hoped: tuple[float, tuple[Knobs, float, bool]] | None = None
         fit = self._model.latency_fit(self._now_s, self._tuning.measure_s)
         for batch in self._ladder:
             if batch == self._batch:
@@ -533,9 +588,13 @@ class Adaptive(Policy):
             if hopeful is None or entry is None:
                 continue
             expected = self._model.predicted_rate(fit, batch, hopeful.sm_clock_mhz)
-            if expected > max(bar, hoped[1] if hoped else 0.0):
-                hoped = (entry, expected, False)
-        return known or hoped
+            if expected > rate * (1.0 + self._tuning.probe_gain):
+                # Of the rungs worth a try, the one the best guess (not the hope) favours.
+                central = pair if pair is not None else entry
+                guess = self._model.predicted_rate(fit, batch, central.sm_clock_mhz)
+                if hoped is None or guess > hoped[0]:
+                    hoped = (guess, (entry, expected, False))
+        return known or (hoped[1] if hoped else None)
 
     def _neighbour_probe(self) -> Knobs | None:
         """Before the latency fit exists: the next rung up, else (once) the next one down."""
@@ -602,6 +661,7 @@ class Adaptive(Policy):
             else:
                 self._set_clock(clocks[index_at_or_below(clocks, self._clock)], self._now_s)
             self._clocks = clocks
+            self._model.top_mhz = clocks[-1] if clocks else None
         return notes
 
     def _say(self, reason: str, state: str) -> None:

@@ -6,8 +6,9 @@ extrapolated beyond) as a power law of the batch size, ``dynamic ~ b ** kappa``.
 gamma the least-squares idle floor and dynamic parts have a closed form, so the fit scans
 gamma over a grid. Without clock control the clock term drops out.
 
-Throughput: a batch takes ``fixed + per_item * b`` seconds at a reference clock and scales as
-``clock ** -beta`` (compute-bound inference: beta = 1), fitted on the measured batch sizes.
+Throughput: a batch takes ``fixed + per_item * b ** e`` seconds at the top clock, fitted on the
+measured batch sizes; a share ``phi`` of that time scales with ``1 / clock`` and the rest
+(host-side preparation, launches) does not. ``phi`` is learned from two clocks at one batch size.
 
 A *cautious* power estimate, used to enter pairs never seen, leans high: steeper batch-size
 extrapolation and a few per cent on top, so that the first samples there are under the cap.
@@ -16,11 +17,12 @@ extrapolation and a few per cent on top, so that the first samples there are und
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from capinfer_sidecar.policies.table import PlantTable
+from capinfer_sidecar.policies.table import Cell, PlantTable
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,16 @@ class ModelPriors:
     """gamma until two clocks of one batch size were measured."""
     batch_power_exponent: float = 0.5
     """kappa (dynamic power against batch size) until two batch sizes were measured."""
-    clock_rate_exponent: float = 1.0
-    """beta: throughput is taken as proportional to the clock."""
+    clock_time_fraction: float = 0.8
+    """phi before two clocks of one batch size were measured: the share of a batch's time
+    that scales with 1 / clock (the rest is host-side work and overheads)."""
     kappa_margin: float = 0.15
     """How far leaning estimates bend the batch-size slope."""
     cautious_fraction: float = 0.03
     min_samples: int = 3
     """Readings a pair needs before its peak is trusted as measured."""
+    min_batches: int = 2
+    """Batches a pair needs to complete before its peak is trusted as measured."""
 
 
 _GAMMAS = tuple(1.0 + 0.1 * i for i in range(26))
@@ -166,19 +171,42 @@ def _fit_for_gamma(
 
 @dataclass(frozen=True)
 class LatencyFit:
-    """Batch latency against batch size at a reference clock (None: clocks not controlled)."""
+    """``batch time = fixed + per_item * b ** exponent`` at the top clock (or the GPU's own).
+
+    An exponent below 1: larger batches use the GPU better, so the time per item falls.
+    """
 
     fixed_s: float
     per_item_s: float
-    reference_mhz: int | None
+    clock_fraction: float
+    exponent: float = 1.0
+
+
+_BATCH_TIME_EXPONENTS = tuple(1.0 - 0.05 * i for i in range(11))
+
+
+def _rescale(
+    time_s: float,
+    from_mhz: int | None,
+    to_mhz: int | None,
+    top_mhz: int | None,
+    fraction: float,
+) -> float:
+    """A batch time at another clock, ``phi`` of it (at the top clock) scaling as 1 / clock."""
+    if from_mhz is None or to_mhz is None or top_mhz is None or from_mhz == to_mhz:
+        return time_s
+    at_top_s = time_s / ((1.0 - fraction) + fraction * top_mhz / from_mhz)
+    return at_top_s * ((1.0 - fraction) + fraction * top_mhz / to_mhz)
 
 
 def _least_squares(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | None:
     """(intercept, slope) of the line through the points, in relative terms (weights 1/y^2).
 
     Latencies span orders of magnitude along a batch-size ladder; unweighted, the largest
-    batch sizes would decide the intercept alone. None when x does not vary.
+    batch sizes would decide the intercept alone. None for fewer than two distinct x.
     """
+    if len(xs) < 2 or any(y <= 0 for y in ys):
+        return None
     weights = [1.0 / (y * y) for y in ys]
     total = sum(weights)
     mean_x = sum(w * x for w, x in zip(weights, xs, strict=True)) / total
@@ -205,25 +233,37 @@ class PlantModel:
         self._power_key: tuple[tuple[int, int | None, float], ...] | None = None
         self._power_fit: PowerFit | None = None
         self._power_fit_at: tuple[float, int | None] | None = None
+        self.top_mhz: int | None = None
+        """The top clock level (None without clock control): the reference of the fits."""
 
     @property
     def priors(self) -> ModelPriors:
         return self._priors
 
     def measured_peak(self, batch: int, clock: int | None, now_s: float) -> float | None:
+        """The peak seen at a pair, once it is trustworthy: enough readings, and two batches
+        completed at the pair, so that one ran from start to end on it (long batches leave
+        whole samples at the idle floor between spikes)."""
         cell = self._table.get(batch, clock, now_s)
-        if cell is None or len(cell.peaks_watts) < self._priors.min_samples:
+        if cell is None or not self._trusted(cell):
             return None
-        return cell.peak_watts()
+        return cell.peak_watts(self._table.noise_watts)
 
-    def power_fit(self, now_s: float, top_mhz: int | None) -> PowerFit | None:
+    def _trusted(self, cell: Cell) -> bool:
+        return (
+            len(cell.peaks_watts) >= self._priors.min_samples
+            and cell.batches >= self._priors.min_batches
+        )
+
+    def power_fit(self, now_s: float) -> PowerFit | None:
+        top_mhz = self.top_mhz
         if self._power_fit_at == (now_s, top_mhz):
             return self._power_fit
         self._power_fit_at = (now_s, top_mhz)
         points = tuple(
-            (batch, clock, round(cell.peak_watts(), 1))
+            (batch, clock, round(cell.peak_watts(self._table.noise_watts), 1))
             for (batch, clock), cell in self._table.items(now_s)
-            if len(cell.peaks_watts) >= self._priors.min_samples
+            if self._trusted(cell)
         )
         if points != self._power_key:
             self._power_key = points
@@ -235,7 +275,6 @@ class PlantModel:
         batch: int,
         clock: int | None,
         now_s: float,
-        top_mhz: int | None,
         lean: Lean,
         *,
         remembered: bool = False,
@@ -248,11 +287,12 @@ class PlantModel:
         cell = self._table.get(batch, clock, now_s)
         floor = 0.0
         if cell is not None:
-            floor = cell.remembered_watts(now_s) if remembered else cell.peak_watts()
+            noise = self._table.noise_watts
+            floor = cell.remembered_watts(now_s, noise) if remembered else cell.peak_watts(noise)
         measured = self.measured_peak(batch, clock, now_s)
         if measured is not None:
             return max(measured, floor)
-        fit = self.power_fit(now_s, top_mhz)
+        fit = self.power_fit(now_s)
         estimate = None
         if fit is not None:
             estimate = fit.peak(batch, clock, lean, self._priors.kappa_margin)
@@ -290,19 +330,48 @@ class PlantModel:
         if best is None or clock is None:
             return None
         _, rate_value, nearest_clock = best
-        if nearest_clock is None:
+        if nearest_clock is None or rate_value <= 0:
             return None
-        scale = math.pow(clock / nearest_clock, self._priors.clock_rate_exponent)
-        return rate_value * scale, False
+        fraction = self.clock_fraction(now_s, min_evidence_s)
+        per_item_s = _rescale(1.0 / rate_value, nearest_clock, clock, self.top_mhz, fraction)
+        return 1.0 / per_item_s, False
+
+    def clock_fraction(self, now_s: float, min_evidence_s: float) -> float:
+        """phi: the share of a batch's time at the top clock that scales with 1 / clock.
+
+        Host-side preparation and framework overheads do not speed up with the SM clock;
+        from two clocks measured at one batch size, ``time = A + B * top / clock`` gives
+        ``phi = B / (A + B)``. The median over batch sizes; the prior before any.
+        """
+        if self.top_mhz is None:
+            return self._priors.clock_time_fraction
+        fractions = []
+        for batch in self._table.batches_seen(now_s):
+            points = []
+            for clock, cell in self._table.cells_for_batch(batch, now_s).items():
+                rate = cell.rate()
+                usable = rate is not None and rate[1] >= min_evidence_s and rate[0] > 0
+                if clock is not None and rate is not None and usable:
+                    points.append((self.top_mhz / clock, 1.0 / rate[0]))
+            line = _least_squares([x for x, _ in points], [y for _, y in points])
+            if line is not None:
+                fixed, scaling = line
+                if fixed + scaling > 0:
+                    fractions.append(min(max(scaling / (fixed + scaling), 0.0), 1.0))
+        if not fractions:
+            return self._priors.clock_time_fraction
+        return statistics.median(fractions)
 
     def latency_fit(self, now_s: float, min_evidence_s: float) -> LatencyFit | None:
-        """Fit ``batch latency = fixed + per_item * batch`` at the top clock seen.
+        """Fit ``batch time = fixed + per_item * batch ** exponent`` at the top clock.
 
         Every batch size measured long enough gives one point (its best-evidenced pair, its
-        latency rescaled to the reference clock with ``beta``). Two distinct batch sizes are
-        needed, and a physical fit (no negative parts).
+        time rescaled to the top clock with ``phi``). Two distinct batch sizes are needed, and
+        a physical fit (no negative parts); the exponent (1 down to 0.5) takes three.
         """
-        points: list[tuple[float, float, int | None]] = []
+        fraction = self.clock_fraction(now_s, min_evidence_s)
+        xs: list[float] = []
+        ys: list[float] = []
         for batch in sorted(self._table.batches_seen(now_s)):
             best: tuple[float, float, int | None] | None = None
             for clock, cell in self._table.cells_for_batch(batch, now_s).items():
@@ -313,29 +382,28 @@ class PlantModel:
                 if best is None or rate[1] > best[0]:
                     best = (rate[1], formed / rate[0], clock)
             if best is not None:
-                points.append((float(batch), best[1], best[2]))
-        if len(points) < 2:
+                xs.append(float(batch))
+                ys.append(_rescale(best[1], best[2], self.top_mhz, self.top_mhz, fraction))
+        if len(xs) < 2:
             return None
-        clocks = [c for _, _, c in points if c is not None]
-        reference = max(clocks) if len(clocks) == len(points) else None
-        xs: list[float] = []
-        ys: list[float] = []
-        for batch_size, latency_s, clock in points:
-            scale = 1.0
-            if reference is not None and clock is not None:
-                scale = (clock / reference) ** self._priors.clock_rate_exponent
-            xs.append(batch_size)
-            ys.append(latency_s * scale)
-        fit = _least_squares(xs, ys)
-        if fit is None or fit[0] < 0 or fit[1] <= 0:
-            return None
-        return LatencyFit(fixed_s=fit[0], per_item_s=fit[1], reference_mhz=reference)
+        chosen: tuple[float, LatencyFit] | None = None
+        for exponent in _BATCH_TIME_EXPONENTS:
+            scaled = [x**exponent for x in xs]
+            line = _least_squares(scaled, ys)
+            if line is None or line[0] < 0 or line[1] <= 0:
+                continue
+            error = sum(
+                ((y - line[0] - line[1] * x) / y) ** 2 for x, y in zip(scaled, ys, strict=True)
+            )
+            # Two points fit any exponent: a hair of preference keeps it linear then.
+            error += 1e-9 * (1.0 - exponent)
+            if chosen is None or error < chosen[0]:
+                chosen = (error, LatencyFit(line[0], line[1], fraction, exponent))
+        return chosen[1] if chosen else None
 
     def predicted_rate(self, fit: LatencyFit, batch: int, clock: int | None) -> float:
-        latency_s = fit.fixed_s + fit.per_item_s * batch
-        if fit.reference_mhz is not None and clock is not None:
-            latency_s *= (fit.reference_mhz / clock) ** self._priors.clock_rate_exponent
-        return batch / latency_s
+        at_top_s = fit.fixed_s + fit.per_item_s * math.pow(batch, fit.exponent)
+        return batch / _rescale(at_top_s, self.top_mhz, clock, self.top_mhz, fit.clock_fraction)
 
     def mean_batch(self, batch: int, clock: int | None, now_s: float) -> float | None:
         cell = self._table.get(batch, clock, now_s)

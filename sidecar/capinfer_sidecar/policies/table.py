@@ -16,6 +16,10 @@ from capinfer_sidecar.policies.base import Knobs, Observation
 
 PEAKS_KEPT = 50
 """Readings kept per pair: 5 s at the default 0.1 s sample interval."""
+QUANTILE_READINGS = 10
+"""Readings a pair needs before its peak is a percentile rather than the highest reading."""
+NOISE_PAIRS_KEPT = 300
+NOISE_MIN_PAIRS = 20
 
 
 @dataclass
@@ -71,8 +75,6 @@ class Cell:
     inferences: int = 0
     batches: int = 0
     segments: list[Segment] = field(default_factory=list)
-    reading_mean_watts: float = 0.0
-    reading_m2: float = 0.0
     worst_watts: float = 0.0
     """The highest reading in the last ``worst_memory_s``: not forgotten when a pair's time
     away is up, so that moving the batch size (a reload) never rests on a retry's hope."""
@@ -82,14 +84,26 @@ class Cell:
     hot_until_s: float = -math.inf
     hot_watts: float = 0.0
 
-    def peak_watts(self) -> float:
-        """The highest recent reading: what the cap has to allow for this pair."""
-        return max(self.peaks_watts) if self.peaks_watts else 0.0
+    def peak_watts(self, noise_watts: float) -> float:
+        """What the cap has to allow for this pair, from its recent readings.
 
-    def remembered_watts(self, now_s: float) -> float:
-        """The highest reading still remembered, including ones a retry forgot."""
+        A reading is the true peak of its interval plus sensor noise, so the highest reading
+        overshoots the true peak more the more readings there are. With enough readings the
+        90th percentile is taken instead: it tracks the top of the batch-to-batch spread
+        without the noise's outliers. With few, the highest less one noise deviation.
+        """
+        readings = self.peaks_watts
+        if not readings:
+            return 0.0
+        if len(readings) >= QUANTILE_READINGS:
+            ordered = sorted(readings)
+            return ordered[math.ceil(0.9 * len(ordered)) - 1]
+        return max(readings) - noise_watts
+
+    def remembered_watts(self, now_s: float, noise_watts: float) -> float:
+        """The peak, or a higher one seen recently that a retry forgot."""
         worst = self.worst_watts if now_s - self.worst_s <= self.worst_memory_s else 0.0
-        return max(worst, self.peak_watts())
+        return max(worst, self.peak_watts(noise_watts))
 
     def mean_batch(self) -> float | None:
         """Inferences per completed batch: below the max batch size under light load."""
@@ -112,16 +126,17 @@ class Cell:
     def note_peak(self, watts: float, now_s: float) -> None:
         """A reading attributed to this pair (possibly from a mixed interval)."""
         self.peaks_watts.append(watts)
-        if watts >= self.worst_watts or now_s - self.worst_s > self.worst_memory_s:
-            self.worst_watts = watts
+
+    def remember(self, peak_watts: float, now_s: float) -> None:
+        """Keep a peak judged too high, beyond the retry that forgets the readings."""
+        if peak_watts >= self.worst_watts or now_s - self.worst_s > self.worst_memory_s:
+            self.worst_watts = peak_watts
             self.worst_s = now_s
 
     def add_reading(self, watts: float, now_s: float) -> None:
+        """A reading from a sample this pair served from start to end."""
         self.note_peak(watts, now_s)
         self.samples += 1
-        delta = watts - self.reading_mean_watts
-        self.reading_mean_watts += delta / self.samples
-        self.reading_m2 += delta * (watts - self.reading_mean_watts)
 
 
 def _key(knobs: Knobs) -> tuple[int, int | None]:
@@ -143,6 +158,36 @@ class PlantTable:
         self._memory_s = memory_s
         self._cells: dict[tuple[int, int | None], Cell] = {}
         self._previous: Observation | None = None
+        self._differences: deque[float] = deque(maxlen=NOISE_PAIRS_KEPT)
+        self._draining_until: int | None = None
+        self._noise_watts: float | None = None
+        self.noise_prior_watts = 1.0
+        """The noise to assume before enough readings were compared."""
+
+    @property
+    def noise_watts(self) -> float:
+        """The sensor noise (one standard deviation), from consecutive readings at one pair.
+
+        Two consecutive readings of the same batch differ by noise alone; of two batches, by
+        their batch-to-batch spread as well (an overestimate, on the safe side). Only pairs of
+        readings in the upper half of their pair's readings count (spikes, not the idle floor
+        between them), through the median absolute difference, which outliers do not move.
+        """
+        return self._noise_watts if self._noise_watts is not None else self.noise_prior_watts
+
+    def _note_difference(self, cell: Cell, reading_watts: float) -> None:
+        if not cell.peaks_watts or len(cell.peaks_watts) < 4:
+            return
+        ordered = sorted(cell.peaks_watts)
+        middle = ordered[len(ordered) // 2]
+        previous = cell.peaks_watts[-1]
+        if previous >= middle and reading_watts >= middle:
+            self._differences.append(abs(reading_watts - previous))
+            if len(self._differences) >= NOISE_MIN_PAIRS and len(self._differences) % 10 == 0:
+                ordered_differences = sorted(self._differences)
+                median = ordered_differences[len(ordered_differences) // 2]
+                # For normal noise, E|x - y| median = 0.6745 * sqrt(2) * sigma.
+                self._noise_watts = median / (0.6745 * math.sqrt(2.0))
 
     def record(self, observation: Observation) -> Cell | None:
         """File the sample under the pair that served its whole interval; return that cell."""
@@ -150,6 +195,15 @@ class PlantTable:
         if previous is None:
             return None
         cell = self._cells.setdefault(_key(observation.applied), Cell())
+        if previous.applied.batch_size != observation.applied.batch_size:
+            # The batch executing was formed under the old max batch size: until it is done,
+            # the readings are not the new pair's.
+            self._draining_until = observation.batches_completed + 1
+        if self._draining_until is not None:
+            if observation.batches_completed < self._draining_until:
+                return None
+            self._draining_until = None
+            return None  # the sample in which it finished is still partly the old batch's
         if previous.applied != observation.applied:
             # Part of this interval ran on the old settings. After a move up (nothing lower),
             # the reading still bounds the new pair's peak from above (power only grows with
@@ -164,6 +218,8 @@ class PlantTable:
         completed = observation.batches_completed - previous.batches_completed
         if completed > 0:
             cell.segments[-1].add(observation.now_s, observation.inferences_completed)
+        if cell.last_steady_s == previous.now_s:
+            self._note_difference(cell, observation.power_watts)
         cell.add_reading(observation.power_watts, observation.now_s)
         cell.last_seen_s = observation.now_s
         cell.last_steady_s = observation.now_s
@@ -193,16 +249,6 @@ class PlantTable:
     def batches_seen(self, now_s: float) -> set[int]:
         return {batch for (batch, _), _ in self.items(now_s)}
 
-    def noise_watts(self, now_s: float, min_samples: int = 10) -> float | None:
-        """Pooled standard deviation of the readings within pairs; None before enough data."""
-        m2 = 0.0
-        dof = 0
-        for _, cell in self.items(now_s):
-            if cell.samples >= min_samples:
-                m2 += cell.reading_m2
-                dof += cell.samples - 1
-        return math.sqrt(m2 / dof) if dof else None
-
     def mark_hot(self, knobs: Knobs, reading_watts: float, now_s: float, backoff_s: float) -> float:
         """A reading at this pair was too high: keep away from it, longer each time.
 
@@ -214,7 +260,7 @@ class PlantTable:
         blocked_s = min(backoff_s * math.pow(2.0, cell.hot_strikes - 1), self._memory_s)
         cell.hot_until_s = now_s + blocked_s
         cell.hot_watts = reading_watts
-        cell.note_peak(reading_watts, now_s)
+        cell.remember(reading_watts, now_s)
         cell.last_seen_s = max(cell.last_seen_s, now_s)
         return blocked_s
 
@@ -233,3 +279,4 @@ class PlantTable:
     def forget(self) -> None:
         self._cells.clear()
         self._previous = None
+        self._draining_until = None
