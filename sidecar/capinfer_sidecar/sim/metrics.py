@@ -1,0 +1,121 @@
+"""What a run achieved, computed from its trace on the *true* power (not the noisy readings).
+
+- *Over the cap*: a sample interval is over when its true peak power exceeds the cap in
+  effect (as the sidecar's ``secondsOverCap`` counts samples). Reported as a fraction of the
+  intervals and as the worst overshoot in watts.
+- *Settling after a cap change* at ``t``, within its segment (until the next change or the
+  end): the later of (a) the time after which the true peak stays under the new cap and
+  (b) the time at which the throughput (1 s trailing mean, from ``t`` on) first reaches
+  95% of what the policy averaged over the last third of the segment. None when the run is
+  still over the cap at the end of the segment.
+- *Average batch size*: of the max batch size in effect (time-weighted; what the paper's
+  Fig. 6 shows) and of the batches actually formed (smaller under light load).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from capinfer_sidecar.sim.runner import RunResult, Trace
+
+SETTLE_THROUGHPUT_FRACTION = 0.95
+THROUGHPUT_WINDOW_S = 1.0
+
+
+@dataclass(frozen=True)
+class Settling:
+    """How a run followed one cap change."""
+
+    at_s: float
+    from_watts: float
+    to_watts: float
+    settling_s: float | None
+    """None: still over the cap when the segment ended."""
+    under_cap_s: float | None
+    throughput_s: float
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    throughput_ips: float
+    over_cap_fraction: float
+    seconds_over_cap: float
+    worst_overshoot_watts: float
+    """The largest true peak above the cap; 0 when never over."""
+    settling: tuple[Settling, ...]
+    reloads: int
+    clock_changes: int
+    mean_batch_setting: float
+    mean_formed_batch: float
+    mean_power_watts: float
+    energy_joules: float
+    wall_s: float
+    speedup: float
+
+    @property
+    def worst_settling_s(self) -> float | None:
+        """The slowest settling over all cap changes; None if one never settled."""
+        if any(s.settling_s is None for s in self.settling):
+            return None
+        return max((s.settling_s for s in self.settling if s.settling_s is not None), default=0.0)
+
+
+def compute_metrics(result: RunResult) -> RunMetrics:
+    trace = result.trace
+    config = result.config
+    overshoots = [p - c for p, c in zip(trace.true_peak_watts, trace.cap_watts, strict=True)]
+    over = sum(1 for o in overshoots if o > 0)
+    samples = max(len(trace), 1)
+    segments = config.cap_segments()
+    settling = [
+        settle(trace, start_s, end_s, cap, previous_cap)
+        for (_, _, previous_cap), (start_s, end_s, cap) in itertools.pairwise(segments)
+    ]
+    return RunMetrics(
+        throughput_ips=result.throughput_ips,
+        over_cap_fraction=over / samples,
+        seconds_over_cap=over * trace.sample_interval_s,
+        worst_overshoot_watts=max([0.0, *overshoots]),
+        settling=tuple(settling),
+        reloads=result.reloads,
+        clock_changes=result.clock_changes,
+        mean_batch_setting=sum(trace.batch_size) / samples,
+        mean_formed_batch=result.inferences / result.batches if result.batches else 0.0,
+        mean_power_watts=result.energy_joules / config.duration_s,
+        energy_joules=result.energy_joules,
+        wall_s=result.wall_s,
+        speedup=result.speedup,
+    )
+
+
+def settle(
+    trace: Trace, at_s: float, end_s: float, cap_watts: float, from_watts: float
+) -> Settling:
+    """Settling after the cap change at ``at_s`` (see the module docstring)."""
+    eps = 1e-9
+    indices = [i for i, t in enumerate(trace.time_s) if at_s < t <= end_s + eps]
+    if not indices:
+        return Settling(at_s, from_watts, cap_watts, 0.0, 0.0, 0.0)
+    over = [i for i in indices if trace.true_peak_watts[i] > cap_watts]
+    under_cap_s: float | None = 0.0
+    if over:
+        under_cap_s = None if over[-1] == indices[-1] else trace.time_s[over[-1]] - at_s
+    throughput_s = _throughput_settling_s(trace, indices, at_s, end_s)
+    settling_s = None if under_cap_s is None else max(under_cap_s, throughput_s)
+    return Settling(at_s, from_watts, cap_watts, settling_s, under_cap_s, throughput_s)
+
+
+def _throughput_settling_s(trace: Trace, indices: list[int], at_s: float, end_s: float) -> float:
+    tail_from_s = end_s - (end_s - at_s) / 3.0
+    tail = [trace.throughput_ips[i] for i in indices if trace.time_s[i] > tail_from_s]
+    target = SETTLE_THROUGHPUT_FRACTION * (sum(tail) / len(tail)) if tail else 0.0
+    if target <= 0:
+        return 0.0
+    window = max(1, round(THROUGHPUT_WINDOW_S / trace.sample_interval_s))
+    for position, index in enumerate(indices):
+        first = max(0, position - window + 1)
+        recent = [trace.throughput_ips[i] for i in indices[first : position + 1]]
+        if sum(recent) / len(recent) >= target:
+            return trace.time_s[index] - at_s
+    return trace.time_s[indices[-1]] - at_s
