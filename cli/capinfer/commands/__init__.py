@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from capinfer.commands import cluster
+from capinfer.commands import bench, cluster
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-COMMANDS: list[Register] = [cluster.register]
+COMMANDS: list[Register] = [cluster.register, bench.register]
