@@ -43,7 +43,10 @@ def test_an_open_batch_counts_before_it_is_finished(workload: WorkloadProfile) -
     gpu = VirtualGpu(workload)
     gpu.start_batch(BATCH, 1.0)
     assert gpu.executing
-    assert gpu.peak_power_watts(0.9, 1.05) > workload.gpu.loaded_idle_watts
+    low, high = busy_bounds(workload)
+    assert low <= gpu.true_power_watts(1.05) <= high  # read while it runs: busy, not idle
+    assert gpu.peak_power_watts(0.9, 1.05) == gpu.true_power_watts(1.05)
+    assert gpu.energy_joules(1.05) > workload.gpu.loaded_idle_watts * 1.05
     with pytest.raises(RuntimeError, match="has not finished"):
         gpu.start_batch(BATCH, 1.01)
     gpu.finish_batch(1.1)
