@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 FAST_READS_PER_SAMPLE = 5
 """Instant-power reads inside one sample interval: the max approximates the peak."""
+THROUGHPUT_WINDOW_S = 2.0
+"""Inferences/s is counted over this window: a sample interval can fall inside one batch."""
 
 
 class PowerMeter(Protocol):
@@ -113,7 +116,7 @@ class ControlLoop:
     _last_energy_j: float | None = field(default=None, init=False)
     _last_energy_s: float | None = field(default=None, init=False)
     _last_good_power_s: float = field(default=0.0, init=False)
-    _last_inferences: tuple[float, int] | None = field(default=None, init=False)
+    _inference_history: deque[tuple[float, int]] = field(default_factory=deque, init=False)
     _last_counters: ServerCounters = field(default=ServerCounters(0, 0), init=False)
     _stopping: bool = field(default=False, init=False)
 
@@ -136,6 +139,13 @@ class ControlLoop:
         )  # fmt: skip
         self.settings = settings
         self._decision = self.policy.update_settings(settings, self.monotonic())
+        self._log_decision(self._decision)
+
+    def switch_policy(self, policy: Policy) -> None:
+        """Hand control to another policy (``spec.power.policy`` changed)."""
+        log.info("policy %s -> %s", self.policy.name, policy.name)
+        self.policy = policy
+        self._decision = policy.start(self.settings, self.monotonic())
         self._log_decision(self._decision)
 
     def stop(self) -> None:
@@ -243,12 +253,14 @@ class ControlLoop:
         self._counters.was_over_cap = over
 
     def _inferences_per_second(self, now: float) -> float:
-        current = (now, self._last_counters.inferences)
-        previous = self._last_inferences
-        self._last_inferences = current
-        if previous is None or now <= previous[0]:
+        history = self._inference_history
+        history.append((now, self._last_counters.inferences))
+        while len(history) > 2 and now - history[1][0] >= THROUGHPUT_WINDOW_S:
+            history.popleft()
+        (then, before), (_, after) = history[0], history[-1]
+        if now <= then:
             return 0.0
-        return max(0.0, (current[1] - previous[1]) / (now - previous[0]))
+        return max(0.0, (after - before) / (now - then))
 
     # -- actuation ---------------------------------------------------------------------
     def _safe_decision(self, why: str) -> Decision:

@@ -31,6 +31,8 @@ class SimBatchSpec:
     per_item_latency_ms: float = 0.5
     max_supported_batch_size: int = 1024
     batch_report_path: str = ""
+    latency_table_path: str = ""
+    """A JSON latency table (see ``simbatch_model.py``) that overrides the fixed formula."""
     extra_parameters: Mapping[str, str] = field(default_factory=dict)
 
     def parameters(self) -> dict[str, str]:
@@ -41,6 +43,8 @@ class SimBatchSpec:
         }
         if self.batch_report_path:
             values["batch_report_path"] = self.batch_report_path
+        if self.latency_table_path:
+            values["latency_table_path"] = self.latency_table_path
         values.update(self.extra_parameters)
         return values
 

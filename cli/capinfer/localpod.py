@@ -1,0 +1,175 @@
+"""A capinfer pod as local processes: a real tritonserver and a real ``capinfer-sidecar``.
+
+The ``simbatch`` model runs in Triton's Python backend and reports every batch to the
+sidecar's virtual GPU, which publishes the batch latency at its SM clock back to the model:
+the control loop is closed through real inference, on a machine without a GPU. Tests and
+the demo use it; the demo takes the sidecar's command line from the rendered pod spec.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from capinfer.localcluster.cluster import free_port
+from capinfer.testmodels import SimBatchSpec, write_model_repository
+from capinfer.tritonlocal import LocalTritonServer
+
+SIDECAR_STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class SidecarSample:
+    """One scrape of the sidecar's metrics."""
+
+    at_s: float
+    power_watts: float | None
+    cap_watts: float | None
+    batch_size: float | None
+    sm_clock_mhz: float | None
+    inferences_per_second: float | None
+    over_cap_seconds: float | None
+    reloads: float | None
+
+
+def parse_sidecar_metrics(text: str, at_s: float) -> SidecarSample:
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "capinfer_reloads_total" and sample.labels.get("result") != "ok":
+                continue
+            values[sample.name] = sample.value
+    return SidecarSample(
+        at_s=at_s,
+        power_watts=values.get("capinfer_gpu_power_watts"),
+        cap_watts=values.get("capinfer_power_cap_watts"),
+        batch_size=values.get("capinfer_batch_size"),
+        sm_clock_mhz=values.get("capinfer_sm_clock_mhz"),
+        inferences_per_second=values.get("capinfer_inferences_per_second"),
+        over_cap_seconds=values.get("capinfer_over_cap_seconds_total"),
+        reloads=values.get("capinfer_reloads_total"),
+    )
+
+
+@dataclass
+class LocalPod:
+    """Triton + sidecar for one ``simbatch`` model on a virtual GPU, in ``work_dir``."""
+
+    work_dir: Path
+    sidecar_args: Sequence[str]
+    """Arguments for ``capinfer-sidecar`` besides the wiring this class adds."""
+    model: SimBatchSpec = field(default_factory=SimBatchSpec)
+    virtual_profile: str = "p40"
+    virtual_workload: str = "Res50/imagenet"
+    env: Mapping[str, str] = field(default_factory=dict)
+    triton: LocalTritonServer | None = field(default=None, init=False)
+    sidecar: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    metrics_port: int = field(default=0, init=False)
+
+    @property
+    def report_socket(self) -> Path:
+        return self.work_dir / "batches.sock"
+
+    @property
+    def latency_table(self) -> Path:
+        return self.work_dir / "latency.json"
+
+    @property
+    def sidecar_log(self) -> Path:
+        return self.work_dir / "sidecar.log"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self, ready_timeout_s: float = 120.0) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        model = SimBatchSpec(
+            **{
+                **self.model.__dict__,
+                "batch_report_path": str(self.report_socket),
+                "latency_table_path": str(self.latency_table),
+            }
+        )
+        repository = self.work_dir / "models"
+        write_model_repository(repository, model)
+        self.triton = LocalTritonServer(
+            repository, self.work_dir / "triton", load_models=[model.name], stop_timeout_s=8.0
+        )
+        self.triton.start()
+        self.metrics_port = free_port()
+        argv = [
+            sys.executable, "-m", "capinfer_sidecar.main",
+            "--model", model.name,
+            "--triton-grpc", self.triton.grpc_url.removeprefix("grpc://"),
+            "--triton-metrics", f"{self.triton.metrics_url.rstrip('/')}",
+            "--gpu", "virtual",
+            "--virtual-profile", self.virtual_profile,
+            "--virtual-workload", self.virtual_workload,
+            "--batch-report-socket", str(self.report_socket),
+            "--latency-table", str(self.latency_table),
+            "--metrics-address", f"127.0.0.1:{self.metrics_port}",
+            "--state-dir", str(self.work_dir / "state"),
+            *self.sidecar_args,
+        ]  # fmt: skip
+        with self.sidecar_log.open("ab") as log:
+            self.sidecar = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + ready_timeout_s
+        while not self._sidecar_ready():
+            if self.sidecar.poll() is not None:
+                raise RuntimeError(f"capinfer-sidecar exited; see {self.sidecar_log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"capinfer-sidecar never became ready; see {self.sidecar_log}")
+            time.sleep(0.2)
+
+    def _sidecar_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1
+            ) as response:
+                return b"capinfer_gpu_power_watts" in response.read()
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def scrape(self) -> SidecarSample:
+        with urllib.request.urlopen(self.metrics_url, timeout=2) as response:
+            return parse_sidecar_metrics(response.read().decode(), time.monotonic())
+
+    def stop(self) -> int | None:
+        """Stop the sidecar (SIGTERM, as the kubelet does), then Triton; the sidecar's code."""
+        code = None
+        if self.sidecar is not None:
+            self.sidecar.terminate()
+            try:
+                code = self.sidecar.wait(SIDECAR_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.sidecar.kill()
+                code = self.sidecar.wait()
+            self.sidecar = None
+        if self.triton is not None:
+            self.triton.stop()
+            self.triton = None
+        return code
+
+    def __enter__(self) -> LocalPod:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

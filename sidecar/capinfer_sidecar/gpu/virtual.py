@@ -1,0 +1,160 @@
+"""A virtual GPU that a real Triton server drives: the loop closes through real inference.
+
+The ``simbatch`` Python-backend model announces every batch it executes on a UNIX datagram
+socket: ``S <size> <start_s>`` when it begins and ``<size> <start_s> <end_s>`` when it ends
+(times on CLOCK_MONOTONIC, shared by every process on the host). Each batch drives the
+power model of :mod:`capinfer_sidecar.sim.gpu_model`, so power spikes while the model
+computes, exactly as a GPU's would. The model sleeps for the profile's latency at the
+current SM clock, which this device publishes in a small JSON file each time the clock
+changes: a lower clock really slows inference down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from capinfer_sidecar.gpu.base import GpuDevice
+from capinfer_sidecar.gpu.errors import GpuInvalidArgumentError
+from capinfer_sidecar.sim.gpu_model import VirtualGpu
+from capinfer_sidecar.sim.profiles import WorkloadProfile
+
+log = logging.getLogger(__name__)
+
+
+def latency_table(profile: WorkloadProfile, clock_mhz: int | None) -> dict[str, object]:
+    """Batch latency per size at one clock, as the ``simbatch`` model reads it."""
+    sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024})
+    return {
+        "clock_mhz": clock_mhz,
+        "batch_sizes": sizes,
+        "latency_s": [profile.batch_latency_s(size, clock_mhz) for size in sizes],
+    }
+
+
+class VirtualGpuDevice(GpuDevice):
+    """:class:`GpuDevice` over the power model, fed by batches a real model executed."""
+
+    def __init__(
+        self,
+        profile: WorkloadProfile,
+        monotonic: Callable[[], float],
+        *,
+        latency_table_path: Path | None = None,
+        seed: int = 0,
+        uuid: str = "GPU-00000000-0000-0000-0000-virtual00000",
+    ) -> None:
+        self._profile = profile
+        self._monotonic = monotonic
+        self._model = VirtualGpu(profile, seed=seed, start_s=monotonic())
+        self._latency_table_path = latency_table_path
+        self._uuid = uuid
+        self._publish_latency(None)
+
+    # -- fed by the batch reports --------------------------------------------------------
+    def batch_started(self, size: int, start_s: float) -> None:
+        if self._model.executing:
+            # The end of the previous batch was lost: close it where this one starts.
+            self._model.finish_batch(start_s)
+        self._model.start_batch(size, start_s)
+
+    def batch_finished(self, size: int, start_s: float, end_s: float) -> None:
+        if self._model.executing:
+            self._model.finish_batch(end_s)
+        else:
+            self._model.record_batch(size, start_s, end_s)
+
+    # -- GpuDevice -----------------------------------------------------------------------
+    @property
+    def uuid(self) -> str:
+        return self._uuid
+
+    @property
+    def name(self) -> str:
+        return f"virtual {self._profile.gpu.name} running {self._profile.label}"
+
+    def power_watts(self) -> float:
+        return self._model.instant_power_watts(self._monotonic())
+
+    def average_power_watts(self) -> float:
+        return self._model.average_power_watts(self._monotonic())
+
+    def energy_joules(self) -> float:
+        return self._model.energy_joules(self._monotonic())
+
+    def supported_sm_clocks_mhz(self) -> tuple[int, ...]:
+        return tuple(self._profile.gpu.clock_levels_mhz)
+
+    def sm_clock_mhz(self) -> int:
+        clock = self._model.clock_mhz(self._monotonic())
+        return clock if clock is not None else self._profile.gpu.default_clock_mhz
+
+    def power_limit_watts(self) -> float:
+        return float(self._profile.gpu.power_limit_watts)
+
+    def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None:
+        if clock_mhz not in self._profile.gpu.clock_levels_mhz:
+            raise GpuInvalidArgumentError(
+                "set locked SM clock", f"{clock_mhz} MHz is not a supported clock"
+            )
+        self._model.set_clock(clock_mhz, self._monotonic())
+        self._publish_latency(clock_mhz)
+
+    def reset_sm_clock(self) -> None:
+        self._model.set_clock(None, self._monotonic())
+        self._publish_latency(None)
+
+    def _publish_latency(self, clock_mhz: int | None) -> None:
+        if self._latency_table_path is None:
+            return
+        path = self._latency_table_path
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(latency_table(self._profile, clock_mhz)))
+        temporary.replace(path)  # atomic: the model never reads half a table
+
+
+class _BatchReportProtocol(asyncio.DatagramProtocol):
+    def __init__(self, device: VirtualGpuDevice) -> None:
+        self._device = device
+        self.malformed = 0
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        for line in data.decode(errors="replace").splitlines():
+            self._handle(line.split())
+
+    def _handle(self, fields: list[str]) -> None:
+        try:
+            if fields and fields[0] == "S" and len(fields) == 3:
+                self._device.batch_started(int(fields[1]), float(fields[2]))
+            elif len(fields) == 3:
+                self._device.batch_finished(int(fields[0]), float(fields[1]), float(fields[2]))
+            else:
+                raise ValueError(f"unexpected report {' '.join(fields)!r}")
+        except (ValueError, RuntimeError) as error:
+            self.malformed += 1
+            if self.malformed == 1:
+                log.warning("ignoring a batch report: %s", error)
+
+
+def bind_report_socket(socket_path: Path) -> socket.socket:
+    """The datagram socket the model reports to (a stale one from a crash is replaced)."""
+    socket_path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(socket_path))
+    return sock
+
+
+async def receive_batch_reports(
+    device: VirtualGpuDevice, sock: socket.socket
+) -> asyncio.DatagramTransport:
+    """Feed the device from the bound socket; close the transport to stop."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _BatchReportProtocol(device), sock=sock
+    )
+    return transport

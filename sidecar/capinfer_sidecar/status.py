@@ -1,0 +1,42 @@
+"""This pod's entry in ``status.pods[]`` of its PowerCappedInference, built from a snapshot."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from capinfer_sidecar.loop import LoopSnapshot
+
+
+def _watts(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 1)
+
+
+def pod_status_entry(
+    pod_name: str, gpu_uuids: Sequence[str], snapshot: LoopSnapshot, now: datetime | None = None
+) -> dict[str, Any]:
+    """The fields the CRD declares for a pod entry; absent values are left out, not null."""
+    when = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    entry: dict[str, Any] = {
+        "name": pod_name,
+        "gpus": list(gpu_uuids),
+        "capWatts": round(snapshot.cap_watts, 1),
+        "batchSize": snapshot.batch_size,
+        "inferencesPerSecond": round(snapshot.inferences_per_second, 1),
+        "secondsOverCap": round(snapshot.seconds_over_cap, 1),
+        "reloads": snapshot.reloads,
+        "policy": snapshot.policy,
+        "policyState": snapshot.policy_state or "unknown",
+        "clockControl": snapshot.clock_control,
+        "lastUpdate": when,
+    }
+    power = _watts(snapshot.power_watts)
+    if power is not None:
+        entry["powerWatts"] = power
+    if snapshot.sm_clock_mhz is not None:
+        entry["smClockMHz"] = snapshot.sm_clock_mhz
+    if snapshot.degraded is not None:
+        entry["message"] = snapshot.degraded
+    return entry
