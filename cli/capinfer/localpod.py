@@ -92,6 +92,13 @@ class LocalPod:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
+        try:
+            self._start(ready_timeout_s)
+        except BaseException:
+            self.stop()  # never leave a half-started pod's processes behind
+            raise
+
+    def _start(self, ready_timeout_s: float) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         model = SimBatchSpec(
             **{
