@@ -1,13 +1,17 @@
 """What a run achieved, computed from its trace on the *true* power (not the noisy readings).
 
 - *Over the cap*: a sample interval is over when its true peak power exceeds the cap in
-  effect (as the sidecar's ``secondsOverCap`` counts samples). Reported as a fraction of the
-  intervals and as the worst overshoot in watts.
+  effect (as the sidecar's ``secondsOverCap`` counts samples). A new cap binds from its
+  change plus the clock-change latency: what the GPU drew before any controller could act
+  is not held against it. Reported as a fraction of the intervals and as the worst
+  overshoot in watts.
 - *Settling after a cap change* at ``t``, within its segment (until the next change or the
-  end): the later of (a) the time after which the true peak stays under the new cap and
-  (b) the time at which the throughput (1 s trailing mean, from ``t`` on) first reaches
-  95% of what the policy averaged over the last third of the segment. None when the run is
-  still over the cap at the end of the segment.
+  end): the later of (a) the time from which the true peak stays under the new cap for
+  ``SETTLE_HOLD_S`` (or to the end of the segment) and (b) the time at which the throughput
+  (1 s trailing mean, from ``t`` on) first reaches 95% of what the policy averaged over the
+  last third of the segment. None when the run never holds under the cap that long. Later
+  excursions (a load burst) count in the time over the cap, not here. Under open-loop
+  arrivals the throughput follows the load, not the controller, so only (a) counts.
 - *Average batch size*: of the max batch size in effect (time-weighted; what the paper's
   Fig. 6 shows) and of the batches actually formed (smaller under light load).
 """
@@ -17,9 +21,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from capinfer_sidecar.sim.runner import RunResult, Trace
+from capinfer_sidecar.sim.runner import RunResult, SaturatingLoad, Trace
 
 SETTLE_THROUGHPUT_FRACTION = 0.95
+SETTLE_HOLD_S = 5.0
 THROUGHPUT_WINDOW_S = 1.0
 
 
@@ -31,7 +36,7 @@ class Settling:
     from_watts: float
     to_watts: float
     settling_s: float | None
-    """None: still over the cap when the segment ended."""
+    """None: never held under the cap for ``SETTLE_HOLD_S`` within the segment."""
     under_cap_s: float | None
     throughput_s: float
 
@@ -68,8 +73,9 @@ def compute_metrics(result: RunResult) -> RunMetrics:
     over = sum(1 for o in overshoots if o > 0)
     samples = max(len(trace), 1)
     segments = config.cap_segments()
+    saturating = isinstance(config.load, SaturatingLoad)
     settling = [
-        settle(trace, start_s, end_s, cap, previous_cap)
+        settle(trace, start_s, end_s, cap, previous_cap, throughput_counts=saturating)
         for (_, _, previous_cap), (start_s, end_s, cap) in itertools.pairwise(segments)
     ]
     return RunMetrics(
@@ -90,20 +96,35 @@ def compute_metrics(result: RunResult) -> RunMetrics:
 
 
 def settle(
-    trace: Trace, at_s: float, end_s: float, cap_watts: float, from_watts: float
+    trace: Trace,
+    at_s: float,
+    end_s: float,
+    cap_watts: float,
+    from_watts: float,
+    *,
+    throughput_counts: bool = True,
 ) -> Settling:
     """Settling after the cap change at ``at_s`` (see the module docstring)."""
     eps = 1e-9
     indices = [i for i, t in enumerate(trace.time_s) if at_s < t <= end_s + eps]
     if not indices:
         return Settling(at_s, from_watts, cap_watts, 0.0, 0.0, 0.0)
-    over = [i for i in indices if trace.true_peak_watts[i] > cap_watts]
-    under_cap_s: float | None = 0.0
-    if over:
-        under_cap_s = None if over[-1] == indices[-1] else trace.time_s[over[-1]] - at_s
-    throughput_s = _throughput_settling_s(trace, indices, at_s, end_s)
+    under_cap_s = _under_cap_s(trace, indices, at_s, cap_watts)
+    throughput_s = _throughput_settling_s(trace, indices, at_s, end_s) if throughput_counts else 0.0
     settling_s = None if under_cap_s is None else max(under_cap_s, throughput_s)
     return Settling(at_s, from_watts, cap_watts, settling_s, under_cap_s, throughput_s)
+
+
+def _under_cap_s(trace: Trace, indices: list[int], at_s: float, cap_watts: float) -> float | None:
+    """Time from the change to the start of the first stretch held under the cap."""
+    hold = max(1, round(SETTLE_HOLD_S / trace.sample_interval_s))
+    clean = 0
+    for position, index in enumerate(indices):
+        clean = clean + 1 if trace.true_peak_watts[index] <= cap_watts else 0
+        if clean >= hold or (clean and position == len(indices) - 1):
+            first = indices[position - clean + 1]
+            return max(0.0, trace.time_s[first] - trace.sample_interval_s - at_s)
+    return None
 
 
 def _throughput_settling_s(trace: Trace, indices: list[int], at_s: float, end_s: float) -> float:

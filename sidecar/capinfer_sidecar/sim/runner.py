@@ -152,6 +152,8 @@ class Trace:
     power_watts: list[float] = field(default_factory=list)
     """The peak reading the policy saw (true peak plus noise)."""
     true_peak_watts: list[float] = field(default_factory=list)
+    """True peak over the part of the interval in which its cap binds: a new cap binds from
+    its change plus the clock-change latency (no controller can act sooner)."""
     mean_power_watts: list[float] = field(default_factory=list)
     batch_size: list[int] = field(default_factory=list)
     """Max batch size in effect."""
@@ -278,6 +280,7 @@ class _Simulation:
         self.clock_effective_s: list[float] = []
         self.reloads = 0
         self.clock_changes = 0
+        self.cap_changed_s = -math.inf
         self.latency_cache: dict[tuple[int, int | None], float] = {}
         self.prep_cache: dict[int, float] = {}
         self.last_energy_j = 0.0
@@ -402,8 +405,12 @@ class _Simulation:
 
     def _sample(self, now_s: float) -> None:
         start_s = now_s - self.dt
-        true_peak = self.gpu.peak_power_watts(start_s, now_s)
-        reading = self.gpu.sensor_reading_watts(true_peak)
+        interval_peak = self.gpu.peak_power_watts(start_s, now_s)
+        reading = self.gpu.sensor_reading_watts(interval_peak)
+        binds_from_s = self.cap_changed_s + self.profile.gpu.clock_change_s
+        true_peak = interval_peak
+        if binds_from_s > start_s:
+            true_peak = self.gpu.peak_power_watts(min(binds_from_s, now_s), now_s)
         energy = self.gpu.energy_joules(now_s)
         mean_watts = (energy - self.last_energy_j) / self.dt
         self.last_energy_j = energy
@@ -436,6 +443,7 @@ class _Simulation:
         trace.state.append(self.decision.state)
 
     def _change_cap(self, cap_watts: float, now_s: float) -> None:
+        self.cap_changed_s = now_s
         self.settings = replace(self.settings, cap_watts=cap_watts)
         self._actuate(self.policy.update_settings(self.settings, now_s), now_s)
 

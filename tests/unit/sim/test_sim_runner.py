@@ -190,6 +190,50 @@ def test_settling_after_a_cap_drop_is_the_time_to_get_under_it(res50: WorkloadPr
     assert settling.settling_s is not None and settling.settling_s >= settling.under_cap_s
 
 
+def test_a_later_excursion_counts_over_the_cap_but_not_against_settling(
+    res50: WorkloadProfile,
+) -> None:
+    schedule = [(7.0, Knobs(64, 544)), (15.0, Knobs(64, 1531)), (15.3, Knobs(64, 544))]
+    policy = Scripted(Knobs(64, 1531), schedule=schedule)
+    result = run(config(res50, cap_watts=250.0, cap_changes=(CapChange(5.0, 150.0),)), policy)
+    metrics = compute_metrics(result)
+    (settling,) = metrics.settling
+    assert settling.under_cap_s == pytest.approx(2.0, abs=0.15)
+    over_after_settling = [
+        t for t, p, c in zip(result.trace.time_s, result.trace.true_peak_watts,
+                             result.trace.cap_watts, strict=True) if p > c and t > 10
+    ]  # fmt: skip
+    assert over_after_settling and all(15.0 < t < 15.6 for t in over_after_settling)
+
+
+def test_a_cap_binds_from_the_moment_a_clock_change_could_meet_it(
+    res50: WorkloadProfile,
+) -> None:
+    # A policy answering update_settings at once with a clock low enough is never over,
+    # although the interval the drop lands in saw the old, higher power.
+    policy = Scripted(Knobs(64, 1531), schedule=[(5.05, Knobs(64, 544))])
+    cap = res50.peak_power_watts(64, 544) + 5
+    result = run(config(res50, cap_watts=250.0, cap_changes=(CapChange(5.05, cap),)), policy)
+    metrics = compute_metrics(result)
+    assert metrics.over_cap_fraction == 0.0
+    assert metrics.settling[0].under_cap_s == 0.0
+    trace = result.trace
+    reading = trace.power_watts[trace.time_s.index(pytest.approx(5.1))]
+    assert reading > cap + 50  # the policy still saw the old spike
+
+
+def test_under_open_loop_arrivals_settling_ignores_the_throughput(
+    res50: WorkloadProfile,
+) -> None:
+    # The load jumps 3 s after the cap rises: throughput follows the load, not the policy.
+    load = PoissonLoad((RateStep(0.0, 20.0), RateStep(8.0, 300.0)))
+    policy = Scripted(Knobs(64, 1531))
+    changes = (CapChange(5.0, 240.0),)
+    result = run(config(res50, cap_watts=230.0, cap_changes=changes, load=load), policy)
+    (settling,) = compute_metrics(result).settling
+    assert (settling.settling_s, settling.throughput_s) == (0.0, 0.0)
+
+
 def test_a_run_still_over_the_cap_never_settles(res50: WorkloadProfile) -> None:
     policy = Scripted(Knobs(64, 1531))
     result = run(config(res50, cap_watts=250.0, cap_changes=(CapChange(5.0, 150.0),)), policy)
