@@ -123,7 +123,7 @@ def _under_cap_s(trace: Trace, indices: list[int], at_s: float, cap_watts: float
         clean = clean + 1 if trace.true_peak_watts[index] <= cap_watts else 0
         if clean >= hold or (clean and position == len(indices) - 1):
             first = indices[position - clean + 1]
-            return max(0.0, trace.time_s[first] - trace.sample_interval_s - at_s)
+            return _seconds(trace.time_s[first] - trace.sample_interval_s - at_s)
     return None
 
 
@@ -138,5 +138,10 @@ def _throughput_settling_s(trace: Trace, indices: list[int], at_s: float, end_s:
         first = max(0, position - window + 1)
         recent = [trace.throughput_ips[i] for i in indices[first : position + 1]]
         if sum(recent) / len(recent) >= target:
-            return trace.time_s[index] - at_s
-    return trace.time_s[indices[-1]] - at_s
+            return _seconds(trace.time_s[index] - at_s)
+    return _seconds(trace.time_s[indices[-1]] - at_s)
+
+
+def _seconds(duration_s: float) -> float:
+    """A duration on the sample grid, without float dust (and never negative)."""
+    return max(0.0, round(duration_s, 6))
