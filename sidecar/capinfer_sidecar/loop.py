@@ -140,6 +140,7 @@ class ControlLoop:
         self.settings = settings
         self._decision = self.policy.update_settings(settings, self.monotonic())
         self._log_decision(self._decision)
+        self._actuate_now(self._decision)
 
     def switch_policy(self, policy: Policy) -> None:
         """Hand control to another policy (``spec.power.policy`` changed)."""
@@ -272,10 +273,18 @@ class ControlLoop:
         )
 
     async def _actuate(self, decision: Decision, allow_reload: bool = True) -> None:
+        self._actuate_now(decision, allow_reload)
+
+    def _actuate_now(self, decision: Decision, allow_reload: bool = True) -> None:
+        """Set the clock at once; start a reload in the background (needs a running loop)."""
         wanted = decision.knobs
         if wanted.sm_clock_mhz != self._applied.sm_clock_mhz:
             self._set_clock(wanted.sm_clock_mhz)
         if allow_reload and wanted.batch_size != self._applied.batch_size and self._reload is None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return  # not running yet: the first sample actuates it
             self._reload = asyncio.create_task(self._reload_batch_size(wanted.batch_size))
 
     def _set_clock(self, clock_mhz: int | None) -> None:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def latency_table(profile: WorkloadProfile, clock_mhz: int | None) -> dict[str, object]:
     """Batch latency per size at one clock, as the ``simbatch`` model reads it."""
-    sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024})
+    sizes = sorted(profile.gpu.batch_sizes)
     return {
         "clock_mhz": clock_mhz,
         "batch_sizes": sizes,

@@ -223,3 +223,16 @@ async def test_new_settings_reach_the_policy_and_shutdown_resets_clocks() -> Non
     assert snapshot.cap_watts == 150
     await loop.shutdown()
     assert gpu.resets == 1 and gpu.locked_mhz is None
+
+
+async def test_a_new_cap_moves_the_clock_at_once_not_at_the_next_sample() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([120.0])
+    policy = ScriptedPolicy(Knobs(1, 1200))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    await loop.sample_once()
+    assert gpu.locked_mhz == 1200
+    policy.knobs = Knobs(1, 600)
+    lower = PowerSettings(120, SETTINGS.batch_sizes, SETTINGS.clock_levels_mhz, SETTINGS.band)
+    loop.update_settings(lower)
+    assert gpu.locked_mhz == 600
