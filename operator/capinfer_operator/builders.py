@@ -1,0 +1,356 @@
+"""Pure builders: a PowerCappedInference in, the Kubernetes objects it needs out.
+
+No I/O and no kopf here: the handlers parse, build, adopt and apply. What goes into the pod
+template is chosen so that a change of ``spec.power`` never rolls the pods (the sidecars
+watch the object and apply it live), while anything that changes what the containers run
+does -- with one exception, ``power.clockControl.enabled``, which changes the sidecar's
+privileges and so must restart it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GROUP = "capinfer.io"
+VERSION = "v1alpha1"
+PLURAL = "powercappedinferences"
+KIND = "PowerCappedInference"
+
+TRITON_HTTP_PORT = 8000
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+SIDECAR_METRICS_PORT = 9400
+MODEL_MOUNT = "/models"
+STATE_MOUNT = "/run/capinfer"
+SIDECAR_UID = 65532
+DEFAULT_SIDECAR_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}}
+
+Manifest = dict[str, Any]
+
+
+class SpecError(ValueError):
+    """A spec the schema accepted but the operator cannot honour (names the field)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Who the children belong to."""
+
+    name: str
+    namespace: str
+
+    @property
+    def child_name(self) -> str:
+        return self.name
+
+    @property
+    def sidecar_account(self) -> str:
+        return f"{self.name}-capinfer-sidecar"
+
+    def labels(self) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/name": "triton",
+            "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/managed-by": "capinfer",
+            "capinfer.io/inference": self.name,
+        }
+
+    def selector(self) -> dict[str, str]:
+        return {"capinfer.io/inference": self.name}
+
+
+def _metadata(target: Target, name: str, component: str) -> Manifest:
+    return {
+        "name": name,
+        "namespace": target.namespace,
+        "labels": {**target.labels(), "app.kubernetes.io/component": component},
+    }
+
+
+# -- the model repository -------------------------------------------------------------------
+def _repository(spec: Mapping[str, Any]) -> tuple[str, list[Manifest], list[Manifest]]:
+    """``--model-repository`` value, volumes and Triton's volume mounts."""
+    repo = spec["triton"]["modelRepository"]
+    if "uri" in repo:
+        return str(repo["uri"]), [], []
+    if "persistentVolumeClaim" in repo:
+        claim = repo["persistentVolumeClaim"]
+        mount: Manifest = {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": True}
+        if claim.get("subPath"):
+            mount["subPath"] = claim["subPath"]
+        volume = {
+            "name": "models",
+            "persistentVolumeClaim": {"claimName": claim["claimName"], "readOnly": True},
+        }
+        return MODEL_MOUNT, [volume], [mount]
+    if "configMap" in repo:
+        volume = {"name": "models", "configMap": {"name": repo["configMap"]["name"]}}
+        return MODEL_MOUNT, [volume], [{"name": "models", "mountPath": MODEL_MOUNT}]
+    raise SpecError("spec.triton.modelRepository: set one of uri, persistentVolumeClaim, configMap")
+
+
+OWN_TRITON_FLAGS = (
+    "--model-repository",
+    "--model-control-mode",
+    "--load-model",
+    "--http-port",
+    "--grpc-port",
+    "--metrics-port",
+)
+
+
+def triton_args(spec: Mapping[str, Any], repository: str) -> list[str]:
+    extra = [str(a) for a in spec["triton"].get("args", [])]
+    for arg in extra:
+        flag = arg.split("=", 1)[0]
+        if flag in OWN_TRITON_FLAGS:
+            raise SpecError(
+                f"spec.triton.args: {flag} is set by capinfer (explicit model control of"
+                f" {spec['triton']['model']!r} is how the batch size is changed); remove it"
+            )
+    return [
+        f"--model-repository={repository}",
+        "--model-control-mode=explicit",
+        f"--load-model={spec['triton']['model']}",
+        f"--http-port={TRITON_HTTP_PORT}",
+        f"--grpc-port={TRITON_GRPC_PORT}",
+        f"--metrics-port={TRITON_METRICS_PORT}",
+        *extra,
+    ]
+
+
+# -- the sidecar ----------------------------------------------------------------------------
+def clock_control_enabled(spec: Mapping[str, Any]) -> bool:
+    return bool(spec["power"].get("clockControl", {}).get("enabled", True))
+
+
+def sidecar_security_context(clock_control: bool) -> Manifest:
+    """Least privilege, except what locking SM clocks through NVML really needs."""
+    base: Manifest = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if clock_control:
+        # nvmlDeviceSetGpuLockedClocks needs root and CAP_SYS_ADMIN; nothing else is added.
+        return {
+            **base,
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]},
+        }
+    return {
+        **base,
+        "runAsUser": SIDECAR_UID,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _field_env(name: str, path: str) -> Manifest:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def sidecar_container(target: Target, spec: Mapping[str, Any], default_image: str) -> Manifest:
+    sidecar = spec.get("sidecar", {})
+    image = sidecar.get("image") or default_image
+    if not image:
+        raise SpecError(
+            "spec.sidecar.image: not set, and the operator has no default sidecar image"
+            " (set CAPINFER_SIDECAR_IMAGE or --sidecar-image on the operator)"
+        )
+    container: Manifest = {
+        "name": "capinfer-sidecar",
+        "image": image,
+        "command": ["capinfer-sidecar"],
+        "env": [
+            _field_env("POD_NAME", "metadata.name"),
+            _field_env("POD_NAMESPACE", "metadata.namespace"),
+            _field_env("NODE_NAME", "spec.nodeName"),
+            {"name": "CAPINFER_OBJECT_NAME", "value": target.name},
+            {"name": "CAPINFER_MODEL", "value": str(spec["triton"]["model"])},
+            {"name": "CAPINFER_TRITON_GRPC", "value": f"127.0.0.1:{TRITON_GRPC_PORT}"},
+            {
+                "name": "CAPINFER_TRITON_METRICS",
+                "value": f"http://127.0.0.1:{TRITON_METRICS_PORT}/metrics",
+            },
+            {"name": "CAPINFER_METRICS_ADDRESS", "value": f"0.0.0.0:{SIDECAR_METRICS_PORT}"},
+            {"name": "CAPINFER_STATE_DIR", "value": STATE_MOUNT},
+            {"name": "CAPINFER_LOG_LEVEL", "value": str(sidecar.get("logLevel", "INFO"))},
+            # The device plugin hands GPUs to the Triton container only; the sidecar sees
+            # the node's GPUs (NVML only, no compute) and picks Triton's by UUID.
+            {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
+            {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
+        ],
+        "ports": [{"name": "sidecar-metrics", "containerPort": SIDECAR_METRICS_PORT}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "sidecar-metrics"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "sidecar-metrics"},
+            "periodSeconds": 5,
+        },
+        "resources": sidecar.get("resources") or DEFAULT_SIDECAR_RESOURCES,
+        "securityContext": sidecar_security_context(clock_control_enabled(spec)),
+        "volumeMounts": [{"name": "capinfer-state", "mountPath": STATE_MOUNT}],
+    }
+    if sidecar.get("imagePullPolicy"):
+        container["imagePullPolicy"] = sidecar["imagePullPolicy"]
+    return container
+
+
+def triton_container(spec: Mapping[str, Any], repository: str, mounts: list[Manifest]) -> Manifest:
+    triton = spec["triton"]
+    gpus = str(spec.get("gpusPerReplica", 1))
+    resources = dict(triton.get("resources") or {})
+    limits = dict(resources.get("limits") or {})
+    if "nvidia.com/gpu" in limits or "nvidia.com/gpu" in (resources.get("requests") or {}):
+        raise SpecError("spec.triton.resources: do not set nvidia.com/gpu; use gpusPerReplica")
+    limits["nvidia.com/gpu"] = gpus
+    resources["limits"] = limits
+    container: Manifest = {
+        "name": "triton",
+        "image": triton["image"],
+        "command": ["tritonserver"],
+        "args": triton_args(spec, repository),
+        "ports": [
+            {"name": "http", "containerPort": TRITON_HTTP_PORT},
+            {"name": "grpc", "containerPort": TRITON_GRPC_PORT},
+            {"name": "metrics", "containerPort": TRITON_METRICS_PORT},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 5,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": resources,
+        "volumeMounts": mounts,
+    }
+    if triton.get("env"):
+        container["env"] = list(triton["env"])
+    if triton.get("imagePullPolicy"):
+        container["imagePullPolicy"] = triton["imagePullPolicy"]
+    return container
+
+
+# -- the objects ----------------------------------------------------------------------------
+def build_deployment(target: Target, spec: Mapping[str, Any], default_image: str) -> Manifest:
+    repository, volumes, mounts = _repository(spec)
+    pod_spec: Manifest = {
+        "serviceAccountName": target.sidecar_account,
+        "terminationGracePeriodSeconds": int(spec.get("terminationGracePeriodSeconds", 60)),
+        "containers": [
+            triton_container(spec, repository, mounts),
+            sidecar_container(target, spec, default_image),
+        ],
+        "volumes": [*volumes, {"name": "capinfer-state", "emptyDir": {"medium": "Memory"}}],
+    }
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        if spec.get(key):
+            pod_spec[key] = spec[key]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(target, target.child_name, "inference"),
+        "spec": {
+            "replicas": int(spec.get("replicas", 1)),
+            "selector": {"matchLabels": target.selector()},
+            "template": {
+                "metadata": {
+                    "labels": {**target.labels(), "app.kubernetes.io/component": "inference"}
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_service(target: Target) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(target, target.child_name, "inference"),
+        "spec": {
+            "selector": target.selector(),
+            "ports": [
+                {"name": "http", "port": TRITON_HTTP_PORT, "targetPort": "http"},
+                {"name": "grpc", "port": TRITON_GRPC_PORT, "targetPort": "grpc"},
+                {"name": "metrics", "port": TRITON_METRICS_PORT, "targetPort": "metrics"},
+                {
+                    "name": "sidecar-metrics",
+                    "port": SIDECAR_METRICS_PORT,
+                    "targetPort": "sidecar-metrics",
+                },
+            ],
+        },
+    }
+
+
+def build_service_account(target: Target) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(target, target.sidecar_account, "sidecar"),
+    }
+
+
+def build_role(target: Target) -> Manifest:
+    """Exactly what a sidecar needs: read and watch its own object, patch its status."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(target, target.sidecar_account, "sidecar"),
+        "rules": [
+            {
+                "apiGroups": [GROUP],
+                "resources": [PLURAL],
+                "resourceNames": [target.name],
+                "verbs": ["get", "list", "watch"],
+            },
+            {
+                "apiGroups": [GROUP],
+                "resources": [f"{PLURAL}/status"],
+                "resourceNames": [target.name],
+                "verbs": ["get", "patch"],
+            },
+        ],
+    }
+
+
+def build_role_binding(target: Target) -> Manifest:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(target, target.sidecar_account, "sidecar"),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": target.sidecar_account,
+        },
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": target.sidecar_account,
+                "namespace": target.namespace,
+            }
+        ],
+    }
+
+
+def build_children(target: Target, spec: Mapping[str, Any], default_image: str) -> list[Manifest]:
+    """Every child, in the order they should be applied (RBAC before the pods need it)."""
+    return [
+        build_service_account(target),
+        build_role(target),
+        build_role_binding(target),
+        build_service(target),
+        build_deployment(target, spec, default_image),
+    ]
