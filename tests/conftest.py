@@ -37,6 +37,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         local.down()
 
 
+CRD = Path(__file__).parents[1] / "crds" / "capinfer.io_powercappedinferences.yaml"
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: LocalCluster) -> None:
+    """The PowerCappedInference CRD, applied from ``crds/`` and Established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established",
+        "crd/powercappedinferences.capinfer.io", "--timeout=60s",
+    )  # fmt: skip
+
+
 @pytest.fixture
 def namespace(cluster: LocalCluster) -> Iterator[str]:
     """A fresh namespace, with its default ServiceAccount, deleted after the test."""

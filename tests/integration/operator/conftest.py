@@ -13,18 +13,6 @@ import pytest
 
 from capinfer.localcluster.cluster import LocalCluster
 
-REPO = Path(__file__).parents[3]
-CRD = REPO / "crds" / "capinfer.io_powercappedinferences.yaml"
-
-
-@pytest.fixture(scope="session")
-def crd_installed(cluster: LocalCluster) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established",
-        "crd/powercappedinferences.capinfer.io", "--timeout=60s",
-    )  # fmt: skip
-
 
 @pytest.fixture(scope="session")
 def operator_process(
