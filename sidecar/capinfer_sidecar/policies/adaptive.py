@@ -36,8 +36,6 @@ from capinfer_sidecar.policies.ladder import index_at_or_below, nearest_index
 from capinfer_sidecar.policies.model import Lean, ModelPriors, PlantModel
 from capinfer_sidecar.policies.table import PlantTable
 
-_LIGHT_LOAD_EVIDENCE_BATCHES = 5
-
 
 @dataclass(frozen=True)
 class AdaptiveTuning:
@@ -53,8 +51,6 @@ class AdaptiveTuning:
     """A reading this many noise deviations over the cap is a violation beyond doubt."""
     max_headroom: float = 0.05
     """Most working headroom under the cap, as a fraction of it."""
-    hot_backoff_s: float = 5.0
-    """How long a pair seen too hot is kept away from; doubled at each new strike."""
     start_batch: int = 16
     """First batch size (nearest rung). Without clock control the first rung is used."""
     dwell_samples: int = 3
@@ -69,11 +65,19 @@ class AdaptiveTuning:
     """Batch-size moves per cap without a wait; each further one waits twice as long."""
     move_backoff_s: float = 10.0
     """The wait before the first move past ``free_moves``."""
+    hopeful_exponent_shift: float = 0.1
+    """How much further from linear a hopeful batch-time fit bends."""
+    probe_reach: float = 4.0
+    """A batch size never measured is tried only within this factor of a measured one."""
+    max_probes: int = 2
+    """Batch sizes never measured that are tried, at most, after each cap change."""
     probe_gain: float = 0.05
     """Relative gain a batch size never measured must hopefully promise to be tried."""
+    larger_batch_preference: float = 0.02
+    """How much less gain a move to a larger batch size needs (see ``_gain_needed``)."""
     switch_gain: float = 0.03
     """Relative throughput gain a known batch size must promise to be worth a reload."""
-    memory_s: float = 120.0
+    memory_s: float = 300.0
     """How long what was seen at a pair stays trusted."""
     max_climb_ratio: float = 1.25
     """Largest clock ratio of one climb into levels not measured at this batch size."""
@@ -92,6 +96,18 @@ class AdaptiveTuning:
             raise ValueError(f"dwell_samples must be at least 1, got {self.dwell_samples}")
         if self.max_climb_ratio <= 1.0:
             raise ValueError(f"max_climb_ratio must exceed 1, got {self.max_climb_ratio}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A batch size the planner may reload to."""
+
+    knobs: Knobs
+    """The pair to move to (a probe enters at a cautious clock)."""
+    expected_rate: float
+    """Measured (rescaled to its clock), or the best guess for one never measured."""
+    hoped_rate: float
+    measured: bool
 
 
 def _owns_reading(applied: Knobs, previous: Knobs | None) -> bool:
@@ -128,6 +144,7 @@ class Adaptive(Policy):
         self._now_s = 0.0
         self._last_applied: Knobs | None = None
         self._draining: tuple[int, int] | None = None
+        self._drained = False
         """(batch size, batches count) of a batch formed under the previous max, executing."""
         self._limit_at: tuple[float, float] | None = None
         self._limit_watts = 0.0
@@ -206,8 +223,8 @@ class Adaptive(Policy):
         self._now_s = observation.now_s
         previous, self._last_applied = self._last_applied, observation.applied
         self._table.noise_prior_watts = self._tuning.noise_prior * self.settings.cap_watts
+        self._table.full_fraction = self._tuning.light_load_fill
         self._table.record(observation)
-        self._table.release_expired(observation.now_s)
         if observation.applied.sm_clock_mhz == self._clock:
             self._clock_quiet_samples += 1
         if (
@@ -220,9 +237,17 @@ class Adaptive(Policy):
             # The batch formed under the old max may still be executing: until it is done,
             # a clock must be safe for it too.
             self._draining = (previous.batch_size, observation.batches_completed + 1)
-        if self._draining is not None and observation.batches_completed >= self._draining[1]:
-            self._draining = None
+            self._drained = False
+        elif self._draining is not None and observation.batches_completed >= self._draining[1]:
+            # It finished within this sample's interval, which still saw it: one more step.
+            if self._drained:
+                self._draining = None
+            self._drained = True
         owned = _owns_reading(observation.applied, previous)
+        if not owned:
+            # The interval began on higher settings: its reading says nothing of the new
+            # ones. Hold this once; the next sample is theirs.
+            return self._decision()
         if observation.power_watts > self.alarm_watts:
             self._on_over_cap(observation, owned)
         elif observation.power_watts > self.settings.cap_watts or (
@@ -265,6 +290,8 @@ class Adaptive(Policy):
         applied = observation.applied
         if self._batch < applied.batch_size:
             return  # a smaller batch size is already on its way
+        if self._draining is not None and self._draining[0] > applied.batch_size:
+            return  # the reading is the larger batch's, formed before the reload, still running
         smaller = self._smaller_batch(applied.batch_size)
         if smaller is None:
             self._say(
@@ -304,7 +331,7 @@ class Adaptive(Policy):
         )
 
     def _keep_away(self, knobs: Knobs, peak_watts: float) -> None:
-        self._table.mark_hot(knobs, peak_watts, self._now_s, self._tuning.hot_backoff_s)
+        self._table.mark_too_hot(knobs, peak_watts, self._now_s)
 
     def _climb(self, observation: Observation) -> None:
         clock = self._clock
@@ -347,26 +374,32 @@ class Adaptive(Policy):
         if now_s < self._next_move_s:
             return
         self._planned_s = now_s
-        rate = self._model.rate(self._batch, self._clock, now_s, self._tuning.measure_s)
-        if rate is None or rate <= 0:
+        measured = self._model.rate(self._batch, self._clock, now_s, self._tuning.measure_s)
+        if measured is None or measured <= 0:
             return
+        # Judged where it would settle: the clock may still be on its way up after a cut.
+        own = self._fit(self._batch, lean=Lean.CENTRAL)
+        rate = measured
+        if own is not None and self._clock is not None and own.sm_clock_mhz != self._clock:
+            there = self._model.rate(self._batch, own.sm_clock_mhz, now_s, self._tuning.measure_s)
+            rate = measured if there is None else max(there, measured)
         before = self._batch
         choice = self._best_batch(rate)
         if choice is not None:
-            target, expected, measured = choice
+            target = choice.knobs
             self._move_batch(target.batch_size, now_s, target.sm_clock_mhz)
-            how = "is known to do" if measured else "should do"
+            if choice.measured:
+                how = f"is known to do {choice.expected_rate / rate - 1.0:+.0%}"
+            else:
+                how = (
+                    f"could do {choice.hoped_rate / rate - 1.0:+.0%} "
+                    f"(best guess {choice.expected_rate / rate - 1.0:+.0%})"
+                )
             self._say(
-                f"{rate:.0f}/s at batch {before}; batch {target.batch_size} {how} "
-                f"{expected / rate - 1.0:+.0%} under the limit {self.limit_watts:.1f} W: "
-                f"reload to it",
-                "moving" if measured else "probing",
+                f"{rate:.0f}/s at batch {before}; batch {target.batch_size} {how} under the "
+                f"limit {self.limit_watts:.1f} W: reload to it",
+                "moving" if choice.measured else "probing",
             )
-            return
-        probe = self._neighbour_probe()
-        if probe is not None:
-            self._move_batch(probe.batch_size, now_s, probe.sm_clock_mhz)
-            self._say(f"{rate:.0f}/s at batch {before}: try batch {probe.batch_size}", "probing")
             return
         if self._state != "settled":
             self._say(
@@ -412,7 +445,7 @@ class Adaptive(Policy):
     def _say_light_load(self, now_s: float) -> None:
         if self._state == "light-load":
             return
-        formed = self._model.mean_batch(self._batch, self._clock, now_s) or 0.0
+        formed = self._table.formed_batch or 0.0
         self._say(
             f"light load: batches of {formed:.1f} formed under a max of {self._batch}: "
             "the batch size stays",
@@ -489,7 +522,7 @@ class Adaptive(Policy):
             far = candidate > clock * self._tuning.max_climb_ratio
             safe = True
             for batch in batches:
-                if self._table.hot(batch, candidate, self._now_s, self.limit_watts):
+                if self._table.too_hot(batch, candidate, self._now_s, self.limit_watts):
                     safe = False
                     break
                 measured = self._model.measured_peak(batch, candidate, self._now_s)
@@ -543,77 +576,101 @@ class Adaptive(Policy):
         return smaller[0]
 
     def _light_load(self, observation: Observation) -> bool:
-        cell = self._table.get(self._batch, self._clock, observation.now_s)
-        if cell is None or cell.batches < _LIGHT_LOAD_EVIDENCE_BATCHES:
-            return False
-        formed = cell.mean_batch() or 0.0
-        short = formed < self._tuning.light_load_fill * self._batch
         queue = observation.queue_depth
-        return short and (queue is None or queue < self._batch)
+        short = self._table.light_load(observation.applied.batch_size)
+        return short and (queue is None or queue < observation.applied.batch_size)
 
-    def _best_batch(self, rate: float) -> tuple[Knobs, float, bool] | None:
-        """A batch size expected to beat ``rate`` by the switch gain, if any.
+    def _best_batch(self, rate: float) -> Candidate | None:
+        """A batch size expected to beat ``rate`` by enough to be worth a reload, if any.
 
         Measured batch sizes are judged on their measured throughput, rescaled to the clock
         they would settle at (central power estimate); a move to the best of them wins. Else an
-        unmeasured one is tried if, on the latency fit and a hopeful power estimate, it could
-        beat ``rate``: the model extrapolates, and only a measurement settles it. A probe
-        enters at the cautious pair, so its first samples stay under the cap.
-        Returns (pair to move to, expected rate, whether that rate was measured).
+        unmeasured one is tried (see :meth:`_best_probe`).
         """
-        bar = rate * (1.0 + self._tuning.switch_gain)
-        known: tuple[Knobs, float, bool] | None = None
-        hoped: tuple[float, tuple[Knobs, float, bool]] | None = None
-        fit = self._model.latency_fit(self._now_s, self._tuning.measure_s)
+        return self._best_known(rate) or self._best_probe(rate)
+
+    def _gain_needed(self, batch: int, exact: bool) -> float:
+        """The relative gain a move to ``batch`` must promise.
+
+        A rate rescaled from another clock needs twice the switch gain. A larger batch size
+        needs less: at a lower clock it leaves a cap rise to the clock alone (no reload).
+        """
+        gain = self._tuning.switch_gain * (1.0 if exact else 2.0)
+        if batch > self._batch:
+            gain -= self._tuning.larger_batch_preference
+        return max(gain, 0.0)
+
+    def _best_known(self, rate: float) -> Candidate | None:
+        best: Candidate | None = None
         for batch in self._ladder:
             if batch == self._batch:
                 continue
             pair = self._fit(batch, lean=Lean.CENTRAL)
-            found = None
-            if pair is not None:
-                found = self._model.rate_and_source(
-                    batch, pair.sm_clock_mhz, self._now_s, self._tuning.measure_s
-                )
-            if pair is not None and found is not None:
-                expected, exact = found
-                # A rate rescaled from another clock earns a move only with twice the gain.
-                needed = bar if exact else rate * (1.0 + 2.0 * self._tuning.switch_gain)
-                if expected > max(needed, known[1] if known else 0.0):
-                    known = (pair, expected, True)
+            if pair is None:
                 continue
-            if fit is None or batch in self._probed:
+            found = self._model.rate_and_source(
+                batch, pair.sm_clock_mhz, self._now_s, self._tuning.measure_s
+            )
+            if found is None:
                 continue
+            expected, exact = found
+            needed = rate * (1.0 + self._gain_needed(batch, exact))
+            if expected > needed and (best is None or expected > best.expected_rate):
+                best = Candidate(pair, expected, expected, measured=True)
+        return best
+
+    def _best_probe(self, rate: float) -> Candidate | None:
+        """An unmeasured batch size worth a try, if any.
+
+        Judged on the latency fit: worth a reload when, with hopeful power and batch-time
+        estimates, it could beat ``rate`` by the probe gain, and the best guess (central
+        estimates) is a gain too -- with one batch size measured the guess is only the prior,
+        and the hope decides. Of those, the one the best guess favours. A probe enters at the
+        cautious pair, so that its first samples stay under the cap.
+        """
+        fit = self._model.latency_fit(self._now_s, self._fit_evidence_s)
+        if fit is None or self._probes_left() <= 0:
+            return None
+        shifted = max(fit.exponent - self._tuning.hopeful_exponent_shift, 0.5)
+        hopeful_fit = self._model.latency_fit(self._now_s, self._fit_evidence_s, shifted) or fit
+        only_prior = len(self._table.batches_seen(self._now_s)) < 2
+        best: Candidate | None = None
+        for batch in self._ladder:
+            if batch == self._batch or batch in self._probed or not self._within_reach(batch):
+                continue
+            if self._model.rate(batch, None, self._now_s, self._tuning.measure_s) is not None:
+                continue  # measured: _best_known judges it
             hopeful = self._fit(batch, lean=Lean.HOPEFUL)
             entry = self._fit(batch, lean=Lean.CAUTIOUS)
             if hopeful is None or entry is None:
                 continue
-            expected = self._model.predicted_rate(fit, batch, hopeful.sm_clock_mhz)
-            if expected > rate * (1.0 + self._tuning.probe_gain):
-                # Of the rungs worth a try, the one the best guess (not the hope) favours.
-                central = pair if pair is not None else entry
-                guess = self._model.predicted_rate(fit, batch, central.sm_clock_mhz)
-                if hoped is None or guess > hoped[0]:
-                    hoped = (guess, (entry, expected, False))
-        return known or (hoped[1] if hoped else None)
+            central = self._fit(batch, lean=Lean.CENTRAL) or entry
+            hope = self._model.predicted_rate(hopeful_fit, batch, hopeful.sm_clock_mhz)
+            guess = self._model.predicted_rate(fit, batch, central.sm_clock_mhz)
+            believed = only_prior or guess > rate * (1.0 + self._gain_needed(batch, True))
+            hoped = hope > rate * (1.0 + self._tuning.probe_gain)
+            if hoped and believed and (best is None or guess > best.expected_rate):
+                best = Candidate(entry, guess, hope, measured=False)
+        return best
 
-    def _neighbour_probe(self) -> Knobs | None:
-        """Before the latency fit exists: the next rung up, else (once) the next one down."""
-        if self._model.latency_fit(self._now_s, self._tuning.measure_s) is not None:
-            return None
-        index = self._ladder.index(self._batch)
-        candidates = []
-        if index + 1 < len(self._ladder):
-            candidates.append(self._ladder[index + 1])
-        at_top_clock = bool(self._clocks) and self._clock == self._clocks[-1]
-        if self._tuning.probe_down and index > 0 and self._clocks and not at_top_clock:
-            candidates.append(self._ladder[index - 1])
-        for batch in candidates:
-            if batch in self._probed:
-                continue
-            fit = self._fit(batch, lean=Lean.CAUTIOUS)
-            if fit is not None:
-                return fit
-        return None
+    @property
+    def _fit_evidence_s(self) -> float:
+        """Evidence a batch size's rate needs to shape the latency fit: less than to be
+        compared head-on, since the fit pools several batch sizes."""
+        return self._tuning.measure_s / 2
+
+    def _within_reach(self, batch: int) -> bool:
+        """Whether a batch size is close enough to a measured one for the model to be trusted
+        with its first samples (its power and time are extrapolated from there)."""
+        seen = self._table.batches_seen(self._now_s)
+        return any(
+            1.0 / self._tuning.probe_reach <= batch / known <= self._tuning.probe_reach
+            for known in seen
+        )
+
+    def _probes_left(self) -> int:
+        """Batch sizes never measured that may still be tried under this cap."""
+        return self._tuning.max_probes - len(self._probed)
 
     # -- actions -------------------------------------------------------------------------
 

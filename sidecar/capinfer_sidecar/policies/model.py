@@ -29,12 +29,17 @@ from capinfer_sidecar.policies.table import Cell, PlantTable
 class ModelPriors:
     clock_power_exponent: float = 2.0
     """gamma until two clocks of one batch size were measured."""
-    batch_power_exponent: float = 0.5
+    batch_power_exponent: float = 0.35
     """kappa (dynamic power against batch size) until two batch sizes were measured."""
+    batch_time_exponent: float = 0.9
+    """The batch-time exponent until three batch sizes were measured: a larger batch uses
+    the GPU a little better, so its time grows a little less than its size."""
+    total_power_exponent: float = 0.25
+    """kappa of the total power (idle included), used without clock control."""
     clock_time_fraction: float = 0.8
     """phi before two clocks of one batch size were measured: the share of a batch's time
     that scales with 1 / clock (the rest is host-side work and overheads)."""
-    kappa_margin: float = 0.15
+    kappa_margin: float = 0.1
     """How far leaning estimates bend the batch-size slope."""
     cautious_fraction: float = 0.03
     min_samples: int = 3
@@ -115,8 +120,10 @@ def fit_power(
     if not points:
         return None
     if top_mhz is None or any(clock is None for _, clock, _ in points):
+        # No clock to vary: the idle floor cannot be told from the rest, so the slope is the
+        # total power's, which grows more slowly with the batch size than its dynamic part.
         dynamic = _group_max({b: p for b, _, p in points})
-        return PowerFit(0.0, 1.0, None, dynamic, priors.batch_power_exponent)
+        return PowerFit(0.0, 1.0, None, dynamic, priors.total_power_exponent)
     best: tuple[float, PowerFit] | None = None
     for gamma in _GAMMAS:
         fit, error = _fit_for_gamma(points, top_mhz, gamma, priors)
@@ -282,13 +289,16 @@ class PlantModel:
         """Peak power at any pair: measured, or estimated; None when nothing is known.
 
         A reading or two at the pair itself (too few to count as measured) is a floor: one
-        hot sample is remembered. ``remembered`` also counts readings a retry forgot.
+        hot sample is remembered. ``remembered`` also counts the peak the controller last
+        left the pair for.
         """
         cell = self._table.get(batch, clock, now_s)
         floor = 0.0
         if cell is not None:
             noise = self._table.noise_watts
-            floor = cell.remembered_watts(now_s, noise) if remembered else cell.peak_watts(noise)
+            floor = (
+                self._table.remembered_watts(cell, now_s) if remembered else cell.peak_watts(noise)
+            )
         measured = self.measured_peak(batch, clock, now_s)
         if measured is not None:
             return max(measured, floor)
@@ -362,12 +372,15 @@ class PlantModel:
             return self._priors.clock_time_fraction
         return statistics.median(fractions)
 
-    def latency_fit(self, now_s: float, min_evidence_s: float) -> LatencyFit | None:
+    def latency_fit(
+        self, now_s: float, min_evidence_s: float, exponent: float | None = None
+    ) -> LatencyFit | None:
         """Fit ``batch time = fixed + per_item * batch ** exponent`` at the top clock.
 
         Every batch size measured long enough gives one point (its best-evidenced pair, its
-        time rescaled to the top clock with ``phi``). Two distinct batch sizes are needed, and
-        a physical fit (no negative parts); the exponent (1 down to 0.5) takes three.
+        time rescaled to the top clock with ``phi``). One batch size gives the prior curve
+        through its point; two, a fit of the fixed part (not below zero, short of measurement
+        error); three, the exponent too (1 down to 0.5), unless ``exponent`` fixes it.
         """
         fraction = self.clock_fraction(now_s, min_evidence_s)
         xs: list[float] = []
@@ -384,25 +397,36 @@ class PlantModel:
             if best is not None:
                 xs.append(float(batch))
                 ys.append(_rescale(best[1], best[2], self.top_mhz, self.top_mhz, fraction))
-        if len(xs) < 2:
+        if not xs:
             return None
+        if len(xs) == 1:
+            # One batch size measured: no fixed part, the prior exponent through the point.
+            power = self._priors.batch_time_exponent if exponent is None else exponent
+            per_item = ys[0] / math.pow(xs[0], power)
+            return LatencyFit(0.0, per_item, fraction, power)
+        if exponent is not None:
+            exponents: tuple[float, ...] = (exponent,)
+        elif len(xs) < 3:
+            exponents = (self._priors.batch_time_exponent,)  # two points fit any exponent
+        else:
+            exponents = _BATCH_TIME_EXPONENTS
         chosen: tuple[float, LatencyFit] | None = None
-        for exponent in _BATCH_TIME_EXPONENTS:
-            scaled = [x**exponent for x in xs]
+        for candidate in exponents:
+            scaled = [math.pow(x, candidate) for x in xs]
             line = _least_squares(scaled, ys)
-            if line is None or line[0] < 0 or line[1] <= 0:
+            # A fixed part a little below zero is measurement error, not physics.
+            if line is None or line[0] < -0.2 * min(ys) or line[1] <= 0:
                 continue
             error = sum(
                 ((y - line[0] - line[1] * x) / y) ** 2 for x, y in zip(scaled, ys, strict=True)
             )
-            # Two points fit any exponent: a hair of preference keeps it linear then.
-            error += 1e-9 * (1.0 - exponent)
             if chosen is None or error < chosen[0]:
-                chosen = (error, LatencyFit(line[0], line[1], fraction, exponent))
+                chosen = (error, LatencyFit(line[0], line[1], fraction, candidate))
         return chosen[1] if chosen else None
 
     def predicted_rate(self, fit: LatencyFit, batch: int, clock: int | None) -> float:
-        at_top_s = fit.fixed_s + fit.per_item_s * math.pow(batch, fit.exponent)
+        compute_s = fit.per_item_s * math.pow(batch, fit.exponent)
+        at_top_s = max(fit.fixed_s + compute_s, 0.5 * compute_s)
         return batch / _rescale(at_top_s, self.top_mhz, clock, self.top_mhz, fit.clock_fraction)
 
     def mean_batch(self, batch: int, clock: int | None, now_s: float) -> float | None:

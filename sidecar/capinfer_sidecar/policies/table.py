@@ -75,14 +75,9 @@ class Cell:
     inferences: int = 0
     batches: int = 0
     segments: list[Segment] = field(default_factory=list)
-    worst_watts: float = 0.0
-    """The highest reading in the last ``worst_memory_s``: not forgotten when a pair's time
-    away is up, so that moving the batch size (a reload) never rests on a retry's hope."""
-    worst_s: float = -math.inf
-    worst_memory_s: float = 60.0
-    hot_strikes: int = 0
-    hot_until_s: float = -math.inf
-    hot_watts: float = 0.0
+    too_hot_watts: float = 0.0
+    """The peak for which the controller last left this pair, while remembered."""
+    too_hot_s: float = -math.inf
 
     def peak_watts(self, noise_watts: float) -> float:
         """What the cap has to allow for this pair, from its recent readings.
@@ -100,10 +95,10 @@ class Cell:
             return ordered[math.ceil(0.9 * len(ordered)) - 1]
         return max(readings) - noise_watts
 
-    def remembered_watts(self, now_s: float, noise_watts: float) -> float:
-        """The peak, or a higher one seen recently that a retry forgot."""
-        worst = self.worst_watts if now_s - self.worst_s <= self.worst_memory_s else 0.0
-        return max(worst, self.peak_watts(noise_watts))
+    def remembered_watts(self, now_s: float, noise_watts: float, memory_s: float) -> float:
+        """The peak, or the higher one the controller left this pair for, if remembered."""
+        too_hot = self.too_hot_watts if now_s - self.too_hot_s <= memory_s else 0.0
+        return max(too_hot, self.peak_watts(noise_watts))
 
     def mean_batch(self) -> float | None:
         """Inferences per completed batch: below the max batch size under light load."""
@@ -126,12 +121,6 @@ class Cell:
     def note_peak(self, watts: float, now_s: float) -> None:
         """A reading attributed to this pair (possibly from a mixed interval)."""
         self.peaks_watts.append(watts)
-
-    def remember(self, peak_watts: float, now_s: float) -> None:
-        """Keep a peak judged too high, beyond the retry that forgets the readings."""
-        if peak_watts >= self.worst_watts or now_s - self.worst_s > self.worst_memory_s:
-            self.worst_watts = peak_watts
-            self.worst_s = now_s
 
     def add_reading(self, watts: float, now_s: float) -> None:
         """A reading from a sample this pair served from start to end."""
@@ -160,6 +149,10 @@ class PlantTable:
         self._previous: Observation | None = None
         self._differences: deque[float] = deque(maxlen=NOISE_PAIRS_KEPT)
         self._draining_until: int | None = None
+        self.formed_batch: float | None = None
+        """Inferences per batch in the latest sample that completed batches."""
+        self.full_fraction = 0.8
+        """Batches formed below this fraction of the max batch size mean light load."""
         self._noise_watts: float | None = None
         self.noise_prior_watts = 1.0
         """The noise to assume before enough readings were compared."""
@@ -195,10 +188,12 @@ class PlantTable:
         if previous is None:
             return None
         cell = self._cells.setdefault(_key(observation.applied), Cell())
+        completed = observation.batches_completed - previous.batches_completed
         if previous.applied.batch_size != observation.applied.batch_size:
             # The batch executing was formed under the old max batch size: until it is done,
-            # the readings are not the new pair's.
+            # the readings are not the new pair's (nor is the size of the batches formed).
             self._draining_until = observation.batches_completed + 1
+            self.formed_batch = None
         if self._draining_until is not None:
             if observation.batches_completed < self._draining_until:
                 return None
@@ -212,10 +207,17 @@ class PlantTable:
                 cell.note_peak(observation.power_watts, observation.now_s)
                 cell.last_seen_s = observation.now_s
             return None
+        if completed > 0:
+            # (Not while draining: those batches were formed under the old max.)
+            done = observation.inferences_completed - previous.inferences_completed
+            self.formed_batch = done / completed
+        if self.light_load(observation.applied.batch_size):
+            # Batches smaller than the max: neither the peak nor the throughput of this pair
+            # (a surge of load would form full batches, at more power).
+            return None
         if not (cell.segments and cell.last_steady_s == previous.now_s):
             cell.segments.append(Segment(origin_s=previous.now_s))
             del cell.segments[:-4]  # old stretches say little about today's throughput
-        completed = observation.batches_completed - previous.batches_completed
         if completed > 0:
             cell.segments[-1].add(observation.now_s, observation.inferences_completed)
         if cell.last_steady_s == previous.now_s:
@@ -226,6 +228,10 @@ class PlantTable:
         cell.inferences += observation.inferences_completed - previous.inferences_completed
         cell.batches += completed
         return cell
+
+    def light_load(self, max_batch: int) -> bool:
+        """Whether the batcher is forming batches well below the max batch size."""
+        return self.formed_batch is not None and self.formed_batch < self.full_fraction * max_batch
 
     def get(self, batch_size: int, clock_mhz: int | None, now_s: float) -> Cell | None:
         """The cell for a pair, unless it was last seen longer ago than the memory."""
@@ -249,34 +255,28 @@ class PlantTable:
     def batches_seen(self, now_s: float) -> set[int]:
         return {batch for (batch, _), _ in self.items(now_s)}
 
-    def mark_hot(self, knobs: Knobs, reading_watts: float, now_s: float, backoff_s: float) -> float:
-        """A reading at this pair was too high: keep away from it, longer each time.
-
-        Returns for how long. When the time is up (:meth:`release_expired`) the pair's
-        readings are forgotten, so that it can be tried again: conditions may have changed.
-        """
+    def mark_too_hot(self, knobs: Knobs, peak_watts: float, now_s: float) -> None:
+        """The controller leaves this pair: its peak was too high. Remembered for the memory,
+        whatever later readings say (the pair is not visited, so none will)."""
         cell = self._cells.setdefault(_key(knobs), Cell())
-        cell.hot_strikes += 1
-        blocked_s = min(backoff_s * math.pow(2.0, cell.hot_strikes - 1), self._memory_s)
-        cell.hot_until_s = now_s + blocked_s
-        cell.hot_watts = reading_watts
-        cell.remember(reading_watts, now_s)
+        cell.too_hot_watts = peak_watts
+        cell.too_hot_s = now_s
         cell.last_seen_s = max(cell.last_seen_s, now_s)
-        return blocked_s
 
-    def hot(self, batch_size: int, clock_mhz: int | None, now_s: float, limit_watts: float) -> bool:
-        """Whether a pair is being kept away from (it was seen above ``limit_watts``)."""
+    def too_hot(
+        self, batch_size: int, clock_mhz: int | None, now_s: float, limit_watts: float
+    ) -> bool:
+        """Whether the controller left this pair, within the memory, for a peak over the limit."""
         cell = self._cells.get((batch_size, clock_mhz))
-        return cell is not None and now_s < cell.hot_until_s and cell.hot_watts > limit_watts
+        if cell is None or now_s - cell.too_hot_s > self._memory_s:
+            return False
+        return cell.too_hot_watts > limit_watts
 
-    def release_expired(self, now_s: float) -> None:
-        """Forget the readings of pairs whose time away is up (the strike count stays)."""
-        for cell in self._cells.values():
-            if cell.hot_watts and now_s >= cell.hot_until_s:
-                cell.peaks_watts.clear()
-                cell.hot_watts = 0.0
+    def remembered_watts(self, cell: Cell, now_s: float) -> float:
+        return cell.remembered_watts(now_s, self.noise_watts, self._memory_s)
 
     def forget(self) -> None:
         self._cells.clear()
         self._previous = None
         self._draining_until = None
+        self.formed_batch = None
