@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup binaries lint test unit cluster-up cluster-down clean
+.PHONY: help setup binaries lint test unit demo cluster-up cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -35,6 +35,9 @@ unit: setup ## the fast tests only (no cluster, no tritonserver)
 
 test: lint binaries ## everything: lint, unit, integration against a real cluster and tritonserver
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: binaries ## capinfer end to end on this machine: cluster, operator, Triton, sidecar, plot
+	$(BIN)/capinfer demo --out demo-output
 
 cluster-up: binaries ## start the local cluster (prints the kubeconfig path)
 	$(BIN)/capinfer cluster up

@@ -71,6 +71,9 @@ class LocalPod:
     virtual_profile: str = "p40"
     virtual_workload: str = "Res50/imagenet"
     env: Mapping[str, str] = field(default_factory=dict)
+    """Environment of the sidecar on top of this process's (a pod spec's env, say)."""
+    sidecar_command: Sequence[str] = (sys.executable, "-m", "capinfer_sidecar.main")
+    """How the sidecar starts: the pod spec's command, or this Python's module."""
     triton: LocalTritonServer | None = field(default=None, init=False)
     sidecar: subprocess.Popen[bytes] | None = field(default=None, init=False)
     metrics_port: int = field(default=0, init=False)
@@ -114,8 +117,9 @@ class LocalPod:
         )
         self.triton.start()
         self.metrics_port = free_port()
+        # Flags that point the sidecar at the local processes; they win over the env.
         argv = [
-            sys.executable, "-m", "capinfer_sidecar.main",
+            *self.sidecar_command,
             "--model", model.name,
             "--triton-grpc", self.triton.grpc_url.removeprefix("grpc://"),
             "--triton-metrics", f"{self.triton.metrics_url.rstrip('/')}",
