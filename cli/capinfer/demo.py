@@ -131,6 +131,7 @@ class Demo:
         work_dir: Path,
         plan: DemoPlan,
         say: Callable[[str], None],
+        *,
         cluster_name: str = "demo",
         cluster: LocalCluster | None = None,
         run_operator: bool = True,
