@@ -9,6 +9,8 @@ A cluster that cannot be built or started fails the tests that need it: it is ne
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -64,3 +66,30 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
         yield name
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def operator_process(
+    cluster: LocalCluster, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """``capinfer-operator`` watching every namespace; yields its log path."""
+    log_path = Path(tmp_path_factory.mktemp("operator")) / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "capinfer_operator.main", "--all-namespaces", "--standalone",
+             "--sidecar-image", "capinfer:test", "--log-level", "DEBUG"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        time.sleep(1)
+        if process.poll() is not None:
+            pytest.fail(f"capinfer-operator exited at once:\n{log_path.read_text()[-3000:]}")
+        yield log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
