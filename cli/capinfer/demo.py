@@ -92,19 +92,6 @@ def local_env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def token_kubeconfig(cluster: LocalCluster, namespace: str, account: str, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=2h")
-    server = json.loads(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": server}],
-        "users": [{"name": account, "user": {"token": token.stdout.strip()}}],
-        "contexts": [{"name": "sidecar", "context": {"cluster": "local", "user": account}}],
-        "current-context": "sidecar",
-    }))  # fmt: skip
-    return path
-
-
 def sample_object(cap_watts: float) -> dict[str, Any]:
     return {
         "apiVersion": "capinfer.io/v1alpha1",
@@ -212,8 +199,9 @@ class Demo:
         sidecar = containers["capinfer-sidecar"]
         env = local_env(sidecar, pod)
         account = pod["spec"]["serviceAccountName"]
-        kubeconfig = token_kubeconfig(self.cluster, NAMESPACE, account,
-                                      self.work_dir / "sidecar.kubeconfig")  # fmt: skip
+        kubeconfig = self.cluster.service_account_kubeconfig(
+            NAMESPACE, account, self.work_dir / "sidecar.kubeconfig"
+        )
         env["KUBECONFIG"] = str(kubeconfig)
         local = LocalPod(
             self.work_dir / "pod",

@@ -296,6 +296,35 @@ class LocalCluster:
             )
         return result
 
+    def service_account_kubeconfig(
+        self, namespace: str, account: str, path: Path, duration: str = "2h"
+    ) -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount by a bearer token alone.
+
+        What runs with it has exactly that account's RBAC: how the tests and the demo run
+        a pod's sidecar (or the operator) outside the cluster with in-cluster permissions.
+        """
+        token = self.kubectl(
+            "create", "token", account, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        server = json.loads(self.kubeconfig.read_text())["clusters"][0]["cluster"]
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": self.name, "cluster": server}],
+                    "users": [{"name": account, "user": {"token": token}}],
+                    "contexts": [
+                        {"name": account, "context": {"cluster": self.name, "user": account}}
+                    ],
+                    "current-context": account,
+                }
+            )
+        )
+        path.chmod(0o600)
+        return path
+
     # -- internals ---------------------------------------------------------------------
     def _start(self, name: str, argv: list[str]) -> None:
         record, handle = start_daemon(name, argv, self.log_dir / f"{name}.log")

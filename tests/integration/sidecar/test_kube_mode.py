@@ -31,25 +31,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.triton]
 POD_NAME = "local-pod-0"
 
 
-def sidecar_kubeconfig(cluster: LocalCluster, namespace: str, account: str, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=1h")
-    admin = json.loads(cluster.kubeconfig.read_text())
-    server = admin["clusters"][0]["cluster"]
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "local", "cluster": server}],
-                "users": [{"name": account, "user": {"token": token.stdout.strip()}}],
-                "contexts": [{"name": "sidecar", "context": {"cluster": "local", "user": account}}],
-                "current-context": "sidecar",
-            }
-        )
-    )
-    return path
-
-
 def pod_entry(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
     obj = json.loads(cluster.kubectl("get", "pci", name, "-n", namespace, "-o", "json").stdout)
     entries = obj.get("status", {}).get("pods", [])
@@ -86,8 +67,8 @@ async def test_a_patched_cap_reaches_the_running_sidecar_and_its_status_entry(
     manifests = [obj, build_service_account(target), build_role(target), build_role_binding(target)]
     for manifest in manifests:
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
-    kubeconfig = sidecar_kubeconfig(
-        cluster, namespace, target.sidecar_account, tmp_path / "sidecar.kubeconfig"
+    kubeconfig = cluster.service_account_kubeconfig(
+        namespace, target.sidecar_account, tmp_path / "sidecar.kubeconfig"
     )
     pod = LocalPod(
         tmp_path / "pod",
