@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -45,20 +46,27 @@ class ClusterBinaries:
             binaries = cls(Path(override))
         else:
             script = resources.files("capinfer.localcluster").joinpath(BUILD_SCRIPT)
-            result = subprocess.run(
-                ["bash", str(script)],
-                stdout=subprocess.PIPE,
-                stderr=None if show_progress else subprocess.PIPE,
-                text=True,
-                check=False,
-            )
-            if result.returncode != 0:
-                detail = (result.stderr or "").strip().splitlines()
-                raise UserError(
-                    detail[-1] if detail else f"{BUILD_SCRIPT} failed ({result.returncode})"
-                )
-            binaries = cls(Path(result.stdout.strip().splitlines()[-1]))
+            bin_dir = _run_build(["bash", str(script)], show_progress)
+            binaries = cls(bin_dir)
         missing = [n for n in BINARY_NAMES if not os.access(binaries.path(n), os.X_OK)]
         if missing:
             raise UserError(f"missing cluster binaries in {binaries.bin_dir}: {', '.join(missing)}")
         return binaries
+
+
+ERROR_PREFIX = "build-cluster-binaries: error: "
+
+
+def _run_build(argv: list[str], show_progress: bool) -> Path:
+    """Run the build script: progress lines pass through, its error becomes a UserError."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    error = ""
+    for line in process.stderr or ():
+        if line.startswith(ERROR_PREFIX):
+            error = line.removeprefix(ERROR_PREFIX).strip()
+        elif show_progress:
+            sys.stderr.write(line)
+    stdout = process.stdout.read() if process.stdout is not None else ""
+    if process.wait() != 0:
+        raise UserError(error or f"{BUILD_SCRIPT} failed with exit code {process.returncode}")
+    return Path(stdout.strip().splitlines()[-1])

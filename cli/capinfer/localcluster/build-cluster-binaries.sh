@@ -37,7 +37,7 @@ die() { printf 'build-cluster-binaries: error: %s\n' "$*" >&2; exit 1; }
 
 command -v go >/dev/null 2>&1 || die "no Go toolchain on PATH (need Go >= 1.24; install it, e.g. apt-get install golang-go or from go.dev)"
 proxy="$(go env GOPROXY | cut -d, -f1)"
-if [[ "$proxy" == http* ]] && ! curl -fsS --max-time 20 -o /dev/null "$proxy/k8s.io/kubernetes/@v/$KUBERNETES_VERSION.info"; then
+if [[ "$proxy" == http* ]] && ! curl -fs --max-time 20 -o /dev/null "$proxy/k8s.io/kubernetes/@v/$KUBERNETES_VERSION.info"; then
     die "the Go module proxy $proxy is unreachable (or lacks k8s.io/kubernetes@$KUBERNETES_VERSION)"
 fi
 
