@@ -144,6 +144,19 @@ class NvmlGpu(GpuDevice):
         return float(pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)) / 1000.0
 
     @nvml_errors
+    def sm_utilization_percent(self) -> float:
+        """Percent of the last sample period (1/6 s to 1 s) in which a kernel was running.
+
+        Not part of :class:`GpuDevice`: characterization reads it, the control loop does not.
+        """
+        return float(pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
+    @nvml_errors
+    def memory_used_bytes(self) -> int:
+        """Device memory in use by every process on the GPU."""
+        return int(pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+    @nvml_errors
     def supported_sm_clocks_mhz(self) -> tuple[int, ...]:
         # Graphics clocks are listed per memory clock; the highest memory clock is the one
         # an inference server runs at.

@@ -48,6 +48,8 @@ NVML_FUNCTIONS = (
     "nvmlDeviceGetSupportedGraphicsClocks",
     "nvmlDeviceGetClockInfo",
     "nvmlDeviceGetEnforcedPowerLimit",
+    "nvmlDeviceGetUtilizationRates",
+    "nvmlDeviceGetMemoryInfo",
     "nvmlDeviceSetGpuLockedClocks",
     "nvmlDeviceResetGpuLockedClocks",
 )
@@ -144,6 +146,29 @@ def test_readings_are_converted_to_base_units(nvml: SimpleNamespace) -> None:
         assert gpu.sm_clock_mhz() == 1755
         assert gpu.power_limit_watts() == pytest.approx(700.0)
     nvml.nvmlDeviceGetClockInfo.assert_called_once_with(H100_A, pynvml.NVML_CLOCK_SM)
+
+
+def test_utilization_and_memory_are_read_from_the_chosen_gpu(nvml: SimpleNamespace) -> None:
+    nvml.nvmlDeviceGetUtilizationRates.return_value = SimpleNamespace(gpu=87, memory=40)
+    nvml.nvmlDeviceGetMemoryInfo.return_value = SimpleNamespace(
+        total=80 * 2**30, free=70 * 2**30, used=10 * 2**30
+    )
+    with NvmlSession() as session:
+        (gpu,) = session.gpus(["GPU-bbbb"])
+        assert gpu.sm_utilization_percent() == pytest.approx(87.0)
+        assert gpu.memory_used_bytes() == 10 * 2**30
+    nvml.nvmlDeviceGetUtilizationRates.assert_called_once_with(H100_B)
+    nvml.nvmlDeviceGetMemoryInfo.assert_called_once_with(H100_B)
+
+
+def test_utilization_unsupported_is_a_typed_error(nvml: SimpleNamespace) -> None:
+    nvml.nvmlDeviceGetUtilizationRates.side_effect = pynvml.NVMLError(
+        pynvml.NVML_ERROR_NOT_SUPPORTED
+    )
+    with NvmlSession() as session:
+        (gpu,) = session.gpus(["GPU-aaaa"])
+        with pytest.raises(GpuNotSupportedError):
+            gpu.sm_utilization_percent()
 
 
 def test_supported_clocks_are_those_at_the_highest_memory_clock(nvml: SimpleNamespace) -> None:
