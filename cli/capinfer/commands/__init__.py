@@ -8,8 +8,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from capinfer.commands import bench, cluster, demo
+from capinfer.commands import bench, characterize, cluster, demo
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-COMMANDS: list[Register] = [cluster.register, demo.register, bench.register]
+COMMANDS: list[Register] = [
+    cluster.register,
+    demo.register,
+    bench.register,
+    characterize.register,
+]
