@@ -195,7 +195,12 @@ def run_characterize(args: argparse.Namespace) -> int:
             facts = GpuFacts(gpu.name, gpu.power_limit_watts(), max(supported))
             idle_floor = measure_idle(meter, args.idle_seconds)
             runner = TorchRunner(torch, torchvision, args.model, args.device)
-            runner.run_batch(settings.batch_sizes[0])
+            try:
+                runner.run_batch(settings.batch_sizes[0])
+            except OutOfMemoryError as error:
+                raise UserError(
+                    f"batch size {settings.batch_sizes[0]} does not fit: {error}"
+                ) from None
             time.sleep(0.5)  # let the last kernels' power fade before the idle reading
             idle = measure_idle(meter, args.idle_seconds)
             if args.clock_sweep:
