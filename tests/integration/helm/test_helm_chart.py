@@ -269,6 +269,8 @@ OPERATOR_NEEDS = [
     ("create", "deployments.apps", ()),
     ("patch", "deployments.apps", ()),
     ("watch", "deployments.apps", ("--all-namespaces",)),
+    ("get", "deployments.apps", ("--subresource=status",)),
+    ("update", PCI, ("--subresource=finalizers",)),
     ("create", "services", ()),
     ("patch", "services", ()),
     ("create", "serviceaccounts", ()),
@@ -287,6 +289,11 @@ OPERATOR_MUST_NOT = [
     ("update", PCI, ("--subresource=status",)),
     ("delete", "deployments.apps", ()),
     ("delete", "services", ()),
+    ("get", "services", ()),
+    ("list", "serviceaccounts", ()),
+    ("get", "roles.rbac.authorization.k8s.io", ()),
+    ("update", "deployments.apps", ("--subresource=status",)),
+    ("update", PCI, ()),
     ("get", "secrets", ()),
     ("list", "secrets", ("--all-namespaces",)),
     ("create", "pods", ()),
@@ -305,17 +312,19 @@ OPERATOR_MUST_NOT = [
 ]
 
 
-CHILD_VERBS = {"get", "list", "watch", "create", "patch"}
+APPLY_VERBS = {"create", "patch"}  # server-side apply of an object that may not exist yet
 # Every right the operator holds in a namespace it watches; compared exactly.
 NAMESPACED_RIGHTS = {
     PCI: {"get", "list", "watch", "patch"},
     f"{PCI}/status": {"get", "patch"},
+    f"{PCI}/finalizers": {"update"},
     "events": {"create"},
-    "deployments.apps": CHILD_VERBS,
-    "services": CHILD_VERBS,
-    "serviceaccounts": CHILD_VERBS,
-    "roles.rbac.authorization.k8s.io": CHILD_VERBS,
-    "rolebindings.rbac.authorization.k8s.io": CHILD_VERBS,
+    "deployments.apps": {"get", "list", "watch"} | APPLY_VERBS,
+    "deployments.apps/status": {"get"},
+    "services": APPLY_VERBS,
+    "serviceaccounts": APPLY_VERBS,
+    "roles.rbac.authorization.k8s.io": APPLY_VERBS,
+    "rolebindings.rbac.authorization.k8s.io": APPLY_VERBS,
 }
 CLUSTER_RIGHTS = {"customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"}}
 NAMESPACES_RIGHTS = {"namespaces": {"list", "watch"}}
@@ -449,8 +458,8 @@ def test_install_scoped_to_namespaces_grants_nothing_outside_them(
                     cluster,
                     account,
                     [
-                        (verb, resource, inside)
-                        for verb, resource, _ in OPERATOR_NEEDS
+                        (verb, resource, (*inside, *(w for w in where if w.startswith("--sub"))))
+                        for verb, resource, where in OPERATOR_NEEDS
                         if "customresourcedefinitions" not in resource
                     ],
                 )
