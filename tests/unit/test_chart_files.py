@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from capinfer_sidecar.loop import LoopSnapshot
 from capinfer_sidecar.metrics import SnapshotCollector
@@ -27,6 +28,7 @@ CRDS = REPO / "crds"
 CHART = REPO / "helm" / "capinfer"
 KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w-]*):")
 METRIC = re.compile(r"\bcapinfer_[a-z_]+\b")
+LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 # Kubernetes types the chart passes through unchanged; the schema closes only their top level.
 PASS_THROUGH = {"nodeAffinity", "podAffinity", "podAntiAffinity"}
 
@@ -136,8 +138,8 @@ def test_the_chart_runs_as_the_images_non_root_user() -> None:
     assert (pod["runAsUser"], pod["runAsGroup"]) == (int(uid), int(gid))
 
 
-def exported_metric_names() -> set[str]:
-    """Every series name the sidecar exports, from its real collector."""
+def exported_samples() -> list[Sample]:
+    """Every series the sidecar exports, from its real collector, labelled as it labels them."""
     snapshot = LoopSnapshot(
         now_s=1.0,
         cap_watts=200.0,
@@ -159,21 +161,25 @@ def exported_metric_names() -> set[str]:
         degraded=None,
     )
     registry = CollectorRegistry()
-    SnapshotCollector({"gpu_uuid": "GPU-0"}).register(registry).update(snapshot)
+    SnapshotCollector({"model": "resnet50", "pod": "resnet50-0"}).register(registry).update(
+        snapshot
+    )
     text = generate_latest(registry).decode()
-    return {
-        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
-    }
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def dashboard_targets() -> list[dict[str, str]]:
+    dashboard = json.loads((CHART / "dashboards" / "capinfer.json").read_text())
+    return [target for panel in dashboard["panels"] for target in panel["targets"]]
 
 
 def dashboard_queries() -> list[str]:
-    dashboard = json.loads((CHART / "dashboards" / "capinfer.json").read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [target["expr"] for target in dashboard_targets()]
 
 
 def test_dashboard_queries_only_metrics_the_sidecar_exports() -> None:
     queried = {name for expr in dashboard_queries() for name in METRIC.findall(expr)}
-    exported = exported_metric_names()
+    exported = {sample.name for sample in exported_samples()}
     assert queried <= exported, f"not exported by the sidecar: {sorted(queried - exported)}"
     # What the dashboard is for: power vs cap, batch size, clock, throughput.
     assert {
@@ -183,6 +189,14 @@ def test_dashboard_queries_only_metrics_the_sidecar_exports() -> None:
         "capinfer_sm_clock_mhz",
         "capinfer_inferences_per_second",
     } <= queried
+
+
+def test_dashboard_legends_use_labels_the_series_carry() -> None:
+    # Prometheus adds namespace and pod to every scraped series (target labels).
+    carried = {"namespace", "pod"} | {label for s in exported_samples() for label in s.labels}
+    for target in dashboard_targets():
+        used = set(LEGEND_LABEL.findall(target["legendFormat"]))
+        assert used and used <= carried, (target["legendFormat"], sorted(carried))
 
 
 def test_dashboard_queries_filter_by_the_namespace_and_pod_variables() -> None:
