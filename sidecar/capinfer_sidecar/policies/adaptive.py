@@ -69,6 +69,8 @@ class AdaptiveTuning:
     """How much further from linear a hopeful batch-time fit bends."""
     probe_reach: float = 4.0
     """A batch size never measured is tried only within this factor of a measured one."""
+    bold_probe_gain: float = 0.15
+    """A hope this large earns a try even when the best guess sees no gain."""
     max_probes: int = 2
     """Batch sizes never measured that are tried, at most, after each cap change."""
     probe_gain: float = 0.05
@@ -140,6 +142,9 @@ class Adaptive(Policy):
         self._clock_changed_s = 0.0
         self._batch_applied_s: float | None = None
         self._probed: set[int] = set()
+        """Batch sizes moved to since the last cap change (never probed twice)."""
+        self._probes = 0
+        """Moves to batch sizes never measured, on the model's word, since the last cap change."""
         self._reloads = 0
         self._now_s = 0.0
         self._last_applied: Knobs | None = None
@@ -191,6 +196,7 @@ class Adaptive(Policy):
         self._now_s = now_s
         self._table.forget()
         self._probed = set()
+        self._probes = 0
         self._set_ladders(settings)
         if self._clocks:
             self._batch = self._ladder[nearest_index(self._ladder, self._tuning.start_batch)]
@@ -213,6 +219,7 @@ class Adaptive(Policy):
         notes = self._set_ladders(settings)
         if (old.cap_watts, old.band) != (settings.cap_watts, settings.band):
             self._probed = set()
+            self._probes = 0
             self._moves_in_epoch = 0
             self._next_move_s = 0.0
             notes.append(self._follow_cap(old.cap_watts, now_s))
@@ -388,6 +395,7 @@ class Adaptive(Policy):
         if choice is not None:
             target = choice.knobs
             self._move_batch(target.batch_size, now_s, target.sm_clock_mhz)
+            self._probes += 0 if choice.measured else 1
             if choice.measured:
                 how = f"is known to do {choice.expected_rate / rate - 1.0:+.0%}"
             else:
@@ -412,8 +420,11 @@ class Adaptive(Policy):
     def _grow_at_top_clock(self, observation: Observation) -> bool:
         """At the top clock with room to spare, a larger batch size is a sure gain: take it now.
 
-        The largest rung estimated (cautiously) to fit at the top clock, without waiting for a
-        throughput measurement; batch sizes already measured are left to the planner.
+        The largest rung estimated to fit at the top clock, without waiting for a throughput
+        measurement; batch sizes already measured are left to the planner. With clock control
+        the best guess picks it and it is entered at the clock the cautious estimate allows
+        (the clock climbs from there); without, a violation would last a reload, so the
+        cautious estimate picks it.
         """
         top = self._clocks[-1] if self._clocks else None
         if self._clock != top or observation.applied.sm_clock_mhz != top:
@@ -423,17 +434,21 @@ class Adaptive(Policy):
         if self._model.measured_peak(self._batch, top, self._now_s) is None:
             return False
         before = self._batch
+        lean = Lean.CENTRAL if top is not None else Lean.CAUTIOUS
         target = None
         for batch in (b for b in self._ladder if b > before):
             if self._model.rate(batch, None, self._now_s, self._tuning.measure_s) is not None:
                 break
-            estimate = self._peak(batch, top, lean=Lean.CAUTIOUS)
+            if not self._within_reach(batch):
+                break
+            estimate = self._peak(batch, top, lean=lean)
             if estimate is None or estimate > self.limit_watts:
                 break
             target = batch
-        if target is None:
+        entry = self._fit(target, lean=Lean.CAUTIOUS) if target is not None else None
+        if target is None or entry is None:
             return False
-        self._move_batch(target, observation.now_s, top)
+        self._move_batch(target, observation.now_s, entry.sm_clock_mhz)
         where = f"{top} MHz, the top clock" if top else "clocks not controlled"
         self._say(
             f"peak {observation.power_watts:.1f} W at batch {before}, {where}: room for batch "
@@ -625,8 +640,8 @@ class Adaptive(Policy):
         Judged on the latency fit: worth a reload when, with hopeful power and batch-time
         estimates, it could beat ``rate`` by the probe gain, and the best guess (central
         estimates) is a gain too -- with one batch size measured the guess is only the prior,
-        and the hope decides. Of those, the one the best guess favours. A probe enters at the
-        cautious pair, so that its first samples stay under the cap.
+        and the hope decides; so does a bold hope. Of those, the one the best guess favours.
+        A probe enters at the cautious pair, so that its first samples stay under the cap.
         """
         fit = self._model.latency_fit(self._now_s, self._fit_evidence_s)
         if fit is None or self._probes_left() <= 0:
@@ -647,7 +662,15 @@ class Adaptive(Policy):
             central = self._fit(batch, lean=Lean.CENTRAL) or entry
             hope = self._model.predicted_rate(hopeful_fit, batch, hopeful.sm_clock_mhz)
             guess = self._model.predicted_rate(fit, batch, central.sm_clock_mhz)
-            believed = only_prior or guess > rate * (1.0 + self._gain_needed(batch, True))
+            if self._probes == 0:
+                believed = (
+                    only_prior
+                    or guess > rate * (1.0 + self._gain_needed(batch, True))
+                    or hope > rate * (1.0 + self._tuning.bold_probe_gain)
+                )
+            else:
+                # Later probes need the best guess itself to promise the probe gain.
+                believed = guess > rate * (1.0 + self._tuning.probe_gain)
             hoped = hope > rate * (1.0 + self._tuning.probe_gain)
             if hoped and believed and (best is None or guess > best.expected_rate):
                 best = Candidate(entry, guess, hope, measured=False)
@@ -670,7 +693,7 @@ class Adaptive(Policy):
 
     def _probes_left(self) -> int:
         """Batch sizes never measured that may still be tried under this cap."""
-        return self._tuning.max_probes - len(self._probed)
+        return self._tuning.max_probes - self._probes
 
     # -- actions -------------------------------------------------------------------------
 

@@ -72,6 +72,8 @@ class PowerFit:
     dynamic_watts: tuple[tuple[int, float], ...]
     """(batch size, dynamic watts at the top clock) for the measured batch sizes, ascending."""
     kappa_prior: float
+    flattening: float = 0.1
+    """How much the best guess bends the batch-size slope down beyond the measured ones."""
 
     def dynamic(self, batch: int, lean: Lean, kappa_margin: float) -> float:
         points = self.dynamic_watts
@@ -89,9 +91,15 @@ class PowerFit:
             return min(max(d1 * math.pow(batch / b1, max(kappa, 0.0)), d1), d2)
         if below:
             kappa = _slope(*below[-2], *below[-1]) if len(below) > 1 else self.kappa_prior
-            # Dynamic power flattens with the batch size as the GPU fills up: hoping, take
-            # half the last slope; leaning high, a steeper one.
-            kappa = kappa / 2 if lean is Lean.HOPEFUL else kappa + steeper[lean]
+            # Dynamic power flattens with the batch size as the GPU fills up: the best guess
+            # bends the last slope down, hoping bends it twice as much; leaning high keeps
+            # it, steeper.
+            flattening = {
+                Lean.CAUTIOUS: 1.0,
+                Lean.CENTRAL: 1.0 - self.flattening,
+                Lean.HOPEFUL: 1.0 - 2.0 * self.flattening,
+            }
+            kappa = kappa * flattening[lean] + max(steeper[lean], 0.0)
             b1, d1 = below[-1]
             return d1 * math.pow(batch / b1, max(kappa, 0.0))
         kappa = _slope(*above[0], *above[1]) if len(above) > 1 else self.kappa_prior
@@ -421,12 +429,13 @@ class PlantModel:
                 ((y - line[0] - line[1] * x) / y) ** 2 for x, y in zip(scaled, ys, strict=True)
             )
             if chosen is None or error < chosen[0]:
-                chosen = (error, LatencyFit(line[0], line[1], fraction, candidate))
+                # Negative fixed time is noise: extrapolated to small batches it would promise
+                # absurd rates, so it is held at zero.
+                chosen = (error, LatencyFit(max(line[0], 0.0), line[1], fraction, candidate))
         return chosen[1] if chosen else None
 
     def predicted_rate(self, fit: LatencyFit, batch: int, clock: int | None) -> float:
-        compute_s = fit.per_item_s * math.pow(batch, fit.exponent)
-        at_top_s = max(fit.fixed_s + compute_s, 0.5 * compute_s)
+        at_top_s = fit.fixed_s + fit.per_item_s * math.pow(batch, fit.exponent)
         return batch / _rescale(at_top_s, self.top_mhz, clock, self.top_mhz, fit.clock_fraction)
 
     def mean_batch(self, batch: int, clock: int | None, now_s: float) -> float | None:
