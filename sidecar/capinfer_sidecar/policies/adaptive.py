@@ -1,27 +1,35 @@
-"""Adaptive: capinfer's own controller. The clock for fast, fine moves; the batch size for coarse
-efficiency moves, spent sparingly since each one is a Triton reload of seconds.
+"""Adaptive: capinfer's own controller. The SM clock for fast, fine moves; the batch size for
+coarse efficiency moves, spent sparingly since each one is a Triton reload of seconds.
 
-Every sample:
+It keeps a table of what each (batch size, clock) pair was seen to do -- its peak power (the
+90th percentile of its recent readings, which tracks the top of the batch-to-batch spread
+without the sensor noise's outliers) and its throughput -- and fits a small model to it (see
+:mod:`.model`) to estimate pairs never visited. The working limit is the cap less a headroom
+for the estimate's error (a share of the cap, or of the learned sensor noise). Every sample:
 
-1. *Over the cap* (reading above ``cap``): the clock goes down at once, to the highest level
-   estimated under the working limit (at least one level). At the lowest clock, or without
-   clock control, the batch size goes down instead (a reload: it takes seconds).
-2. *Near the cap* (reading above the working limit ``cap * (1 - headroom)``, not over the
-   cap): one clock level down. The headroom absorbs measurement noise and spikes.
-3. Otherwise the clock *climbs* after a short dwell, to the highest level whose estimated peak
-   stays under the limit, for the batch size serving and the one being loaded alike. Jumps to
-   levels never measured are bounded; a level seen too hot is remembered and not retried.
-4. Once the clock has been quiet for a while and the throughput at the current pair is
-   measured, the *batch planner* looks at the table of what was seen (peak power and
-   throughput per (batch size, clock)): it reloads to a known batch size that would do
-   better at its best clock under the limit, or else probes the next untried batch size up
-   (and, once, down), lowering the clock first when the new batch size needs it. Under light
-   load (batches formed below the max batch size) it does not chase larger batch sizes.
+1. *A reading over the cap beyond doubt* (more than the noise allows): the clock goes down at
+   once, to the highest level estimated under the limit. At the lowest clock, or without clock
+   control, the batch size goes down instead (a reload: seconds).
+2. *A reading over the cap within the noise, or a pair whose peak is over the limit*: the
+   pair is left one clock level down, and remembered as too hot. One noisy reading alone
+   moves nothing, neither up nor down.
+3. Otherwise the clock *climbs*, once a batch has run start to end at the current pair, to
+   the highest level estimated under the limit for every batch size that may be executing
+   (the one serving, the one being loaded, a larger one still draining after a reload).
+4. At the top clock with room to spare, the batch size *grows* at once. Else, once the clock
+   has been quiet and the current pair's throughput is measured, the *planner* reloads to a
+   measured batch size known to do better at the clock it would settle at, or *probes* one
+   never measured that the model says could (hopeful estimates) and likely will (best guess)
+   do better, near a measured one, a limited number of times per cap. A larger batch size
+   needs a little less gain: at a lower clock it leaves a cap rise to the clock alone.
+   A move to a larger batch size lowers the clock first, so its first samples are safe.
 
-A cap change is answered at once: on a drop the clock goes down in the same decision (and the
-batch size too if no clock can hold the new cap); on a rise the clock moves up to the best
-level known to be safe; the batch planner then starts over from what the table knows.
-Without clock control the same planner works on the batch size alone.
+Under light load (batches formed below the max batch size) the batch size stays, and the
+table keeps those samples out (a surge of load would form full batches, at more power).
+A cap change is answered in the same decision: on a drop the clock goes down (and the batch
+size too if no clock can hold the new cap); on a rise the clock goes up as far as is known to
+be safe; the planner then starts over with what the table knows. Without clock control the
+same logic works on the batch size alone.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ class AdaptiveTuning:
 
     headroom: float = 0.004
     """Least working headroom under the cap, as a fraction of it."""
-    noise_sigmas: float = 0.75
+    noise_sigmas: float = 0.5
     """Headroom in standard deviations of the sensor noise (learned), when that is more."""
     noise_prior: float = 0.005
     """Sensor noise assumed until learned, as a fraction of the cap."""
@@ -85,8 +93,6 @@ class AdaptiveTuning:
     """Largest clock ratio of one climb into levels not measured at this batch size."""
     light_load_fill: float = 0.8
     """Batches formed below this fraction of the max batch size mean light load."""
-    probe_down: bool = True
-    """Whether to try the next smaller batch size once (it may run at a higher clock)."""
     max_beneficial_batch: int | None = None
     """Offline-profiled cutoff, as BatchSizer's: larger rungs are never used."""
     priors: ModelPriors = field(default_factory=ModelPriors)
@@ -149,8 +155,8 @@ class Adaptive(Policy):
         self._now_s = 0.0
         self._last_applied: Knobs | None = None
         self._draining: tuple[int, int] | None = None
+        """(batch size, batches count then) of a batch formed under the previous max, running."""
         self._drained = False
-        """(batch size, batches count) of a batch formed under the previous max, executing."""
         self._limit_at: tuple[float, float] | None = None
         self._limit_watts = 0.0
         self._planned_s = -1.0
@@ -250,17 +256,16 @@ class Adaptive(Policy):
             if self._drained:
                 self._draining = None
             self._drained = True
-        owned = _owns_reading(observation.applied, previous)
-        if not owned:
+        if not _owns_reading(observation.applied, previous):
             # The interval began on higher settings: its reading says nothing of the new
             # ones. Hold this once; the next sample is theirs.
             return self._decision()
         if observation.power_watts > self.alarm_watts:
-            self._on_over_cap(observation, owned)
+            self._on_over_cap(observation)
         elif observation.power_watts > self.settings.cap_watts or (
             self._pair_peak(observation.applied) > self.limit_watts
         ):
-            self._on_near_cap(observation, owned)
+            self._on_near_cap(observation)
         else:
             self._climb(observation)
             self._plan(observation)
@@ -274,13 +279,12 @@ class Adaptive(Policy):
 
     # -- reactions -----------------------------------------------------------------------
 
-    def _on_over_cap(self, observation: Observation, owned: bool) -> None:
+    def _on_over_cap(self, observation: Observation) -> None:
         """A reading over the cap by more than the noise: cut at once."""
         applied = observation.applied
         reading = f"peak {observation.power_watts:.1f} W over the cap {self.settings.cap_watts:g} W"
         clock = applied.sm_clock_mhz
-        if owned:
-            self._keep_away(applied, observation.power_watts - self._table.noise_watts)
+        self._keep_away(applied, observation.power_watts - self._table.noise_watts)
         if self._clocks and clock is not None and clock > self._clocks[0]:
             target = self._clock_under_limit(applied.batch_size, clock, observation.power_watts)
             if self._clock is not None and target < self._clock:
@@ -309,7 +313,7 @@ class Adaptive(Policy):
         self._move_batch(smaller, observation.now_s)
         self._say(f"{reading} at batch {applied.batch_size}: batch down to {smaller}", "over-cap")
 
-    def _on_near_cap(self, observation: Observation, owned: bool) -> None:
+    def _on_near_cap(self, observation: Observation) -> None:
         """A reading over the cap within the noise, or a pair whose peak is over the limit.
 
         One noisy reading alone moves nothing (neither up nor down); a pair whose peak, from
@@ -325,8 +329,7 @@ class Adaptive(Policy):
             if peak > self.settings.cap_watts:
                 self._batch_down(observation, f"peak {peak:.1f} W over the cap")
             return
-        if owned:
-            self._keep_away(applied, peak)
+        self._keep_away(applied, peak)
         if clock is None or self._clock != clock:
             return
         lower = self._clocks[self._clocks.index(clock) - 1]
@@ -511,7 +514,7 @@ class Adaptive(Policy):
         idle = fit.idle_watts if fit else 0.0
         gamma = fit.gamma if fit else self._tuning.priors.clock_power_exponent
         for candidate in reversed([c for c in self._clocks if c < clock]):
-            from_reading = idle + (reading_watts - idle) * (candidate / clock) ** gamma
+            from_reading = idle + (reading_watts - idle) * math.pow(candidate / clock, gamma)
             known = self._peak(batch, candidate, lean=Lean.CENTRAL) or 0.0
             if max(from_reading, known) <= self.limit_watts:
                 return candidate

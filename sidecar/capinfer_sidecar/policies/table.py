@@ -163,23 +163,24 @@ class PlantTable:
 
         Two consecutive readings of the same batch differ by noise alone; of two batches, by
         their batch-to-batch spread as well (an overestimate, on the safe side). Only pairs of
-        readings in the upper half of their pair's readings count (spikes, not the idle floor
-        between them), through the median absolute difference, which outliers do not move.
+        spike readings count (not the idle floor between spikes), through the median absolute
+        difference, which outliers do not move.
         """
         return self._noise_watts if self._noise_watts is not None else self.noise_prior_watts
 
     def _note_difference(self, cell: Cell, reading_watts: float) -> None:
-        if not cell.peaks_watts or len(cell.peaks_watts) < 4:
+        if len(cell.peaks_watts) < 4:
             return
-        ordered = sorted(cell.peaks_watts)
-        middle = ordered[len(ordered) // 2]
+        # Spikes only: both readings within a tenth of the pair's highest. The idle floor
+        # between spikes is far below; the noise and the batch-to-batch spread are not.
+        spike = 0.9 * max(cell.peaks_watts)
         previous = cell.peaks_watts[-1]
-        if previous >= middle and reading_watts >= middle:
+        if previous >= spike and reading_watts >= spike:
             self._differences.append(abs(reading_watts - previous))
             if len(self._differences) >= NOISE_MIN_PAIRS and len(self._differences) % 10 == 0:
                 ordered_differences = sorted(self._differences)
                 median = ordered_differences[len(ordered_differences) // 2]
-                # For normal noise, E|x - y| median = 0.6745 * sqrt(2) * sigma.
+                # For normal noise the median of |x - y| is 0.6745 * sqrt(2) * sigma.
                 self._noise_watts = median / (0.6745 * math.sqrt(2.0))
 
     def record(self, observation: Observation) -> Cell | None:
