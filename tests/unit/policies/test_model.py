@@ -22,7 +22,7 @@ TOP_MHZ = 1500
 
 def true_power(batch: int, clock: int) -> float:
     """idle 50 W + 40 W * batch^0.3 * (clock / top)^2."""
-    return 50.0 + 40.0 * batch**0.3 * (clock / TOP_MHZ) ** 2
+    return 50.0 + 40.0 * math.pow(batch, 0.3) * (clock / TOP_MHZ) ** 2
 
 
 class Feeder:
