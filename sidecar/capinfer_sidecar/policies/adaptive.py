@@ -85,6 +85,8 @@ class AdaptiveTuning:
     """Relative gain a batch size never measured must hopefully promise to be tried."""
     larger_batch_preference: float = 0.02
     """How much less gain a move to a larger batch size needs (see ``_gain_needed``)."""
+    reload_timeout_s: float = 60.0
+    """A batch-size change not in effect after this long (and no reload in flight) failed."""
     switch_gain: float = 0.03
     """Relative throughput gain a known batch size must promise to be worth a reload."""
     memory_s: float = 300.0
@@ -162,6 +164,9 @@ class Adaptive(Policy):
         self._planned_s = -1.0
         self._moves_in_epoch = 0
         self._next_move_s = 0.0
+        self._moved_s = 0.0
+        self._refused: dict[int, float] = {}
+        """Batch sizes whose reload never took effect, and when that was found."""
         self._reason = "not started"
         self._state = "idle"
 
@@ -240,12 +245,11 @@ class Adaptive(Policy):
         self._table.record(observation)
         if observation.applied.sm_clock_mhz == self._clock:
             self._clock_quiet_samples += 1
-        if (
-            self._batch_applied_s is None
-            and not observation.reload_in_flight
-            and observation.applied.batch_size == self._batch
-        ):
-            self._batch_applied_s = observation.now_s
+        if self._batch_applied_s is None and not observation.reload_in_flight:
+            if observation.applied.batch_size == self._batch:
+                self._batch_applied_s = observation.now_s
+            elif observation.now_s - self._moved_s > self._tuning.reload_timeout_s:
+                self._give_up_reload(observation)
         if previous is not None and previous.batch_size != observation.applied.batch_size:
             # The batch formed under the old max may still be executing: until it is done,
             # a clock must be safe for it too.
@@ -270,6 +274,24 @@ class Adaptive(Policy):
             self._climb(observation)
             self._plan(observation)
         return self._decision()
+
+    def _give_up_reload(self, observation: Observation) -> None:
+        """A batch-size change never took effect (Triton refused the load): stay with what
+        serves, and leave that batch size alone for the memory."""
+        refused = self._batch
+        self._refused[refused] = observation.now_s
+        self._batch = observation.applied.batch_size
+        self._batch_applied_s = observation.now_s
+        self._say(
+            f"reload to batch {refused} did not take effect within "
+            f"{self._tuning.reload_timeout_s:g} s: batch {self._batch} stays",
+            "reload-failed",
+        )
+
+    def _usable(self, batch: int) -> bool:
+        """Not refused by the server recently."""
+        refused_s = self._refused.get(batch)
+        return refused_s is None or self._now_s - refused_s > self._tuning.memory_s
 
     def _pair_peak(self, knobs: Knobs) -> float:
         cell = self._table.get(knobs.batch_size, knobs.sm_clock_mhz, self._now_s)
@@ -442,6 +464,8 @@ class Adaptive(Policy):
         for batch in (b for b in self._ladder if b > before):
             if self._model.rate(batch, None, self._now_s, self._tuning.measure_s) is not None:
                 break
+            if not self._usable(batch):
+                break
             if not self._within_reach(batch):
                 break
             estimate = self._peak(batch, top, lean=lean)
@@ -583,7 +607,7 @@ class Adaptive(Policy):
 
     def _smaller_batch(self, batch: int) -> int | None:
         """The largest smaller rung estimated to fit (at the lowest clock); else the next one."""
-        smaller = [b for b in self._ladder if b < batch]
+        smaller = [b for b in self._ladder if b < batch and self._usable(b)]
         if not smaller:
             return None
         clock = self._clocks[0] if self._clocks else None
@@ -621,7 +645,7 @@ class Adaptive(Policy):
     def _best_known(self, rate: float) -> Candidate | None:
         best: Candidate | None = None
         for batch in self._ladder:
-            if batch == self._batch:
+            if batch == self._batch or not self._usable(batch):
                 continue
             pair = self._fit(batch, lean=Lean.CENTRAL)
             if pair is None:
@@ -655,6 +679,8 @@ class Adaptive(Policy):
         best: Candidate | None = None
         for batch in self._ladder:
             if batch == self._batch or batch in self._probed or not self._within_reach(batch):
+                continue
+            if not self._usable(batch):
                 continue
             if self._model.rate(batch, None, self._now_s, self._tuning.measure_s) is not None:
                 continue  # measured: _best_known judges it
@@ -710,6 +736,7 @@ class Adaptive(Policy):
                 self._set_clock(target, now_s)
         self._batch = batch
         self._batch_applied_s = None
+        self._moved_s = now_s
         self._probed.add(batch)
         self._reloads += 1
         # The planner may move freely a few times per cap; then ever more slowly, so that

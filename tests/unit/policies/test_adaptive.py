@@ -152,3 +152,12 @@ def test_rejects_bad_tuning() -> None:
         AdaptiveTuning(headroom=0.7)
     with pytest.raises(TypeError):
         Adaptive(no_such_option=1)
+
+
+def test_a_batch_size_the_server_refuses_is_given_up() -> None:
+    plant = gpu(refused_batches=frozenset({32, 64}))
+    run = drive(Adaptive(reload_timeout_s=10.0), plant, settings(200.0), duration_s=60)
+    final = run.decisions[-1]
+    assert final.knobs.batch_size == run.observations[-1].applied.batch_size
+    assert final.knobs.batch_size not in {32, 64}
+    assert any(d.state == "reload-failed" for d in run.decisions)

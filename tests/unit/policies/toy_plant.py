@@ -32,6 +32,8 @@ class ToyGpu:
     seed: int = 0
     light_load_batch: int | None = None
     """Under light load the batcher forms batches of at most this size, whatever the max."""
+    refused_batches: frozenset[int] = frozenset()
+    """Batch sizes whose reload fails (the old one keeps serving)."""
 
     def formed(self, knobs: Knobs) -> Knobs:
         """The batch actually formed (the max batch size under a saturating load)."""
@@ -141,12 +143,14 @@ def drive(
         # Clocks take effect within the interval; batch sizes after the reload.
         applied = Knobs(applied.batch_size, decision.knobs.sm_clock_mhz)
         if pending is None and decision.knobs.batch_size != applied.batch_size:
+            # A load that failed is tried again while the policy still asks for it.
             pending = Knobs(decision.knobs.batch_size, None)
             reload_done_s = start_s + gpu.reload_s
         peak = gpu.peak_watts(applied)
         if pending is not None and reload_done_s <= now_s:
-            applied = Knobs(pending.batch_size, applied.sm_clock_mhz)
-            peak = max(peak, gpu.peak_watts(applied))
+            if pending.batch_size not in gpu.refused_batches:
+                applied = Knobs(pending.batch_size, applied.sm_clock_mhz)
+                peak = max(peak, gpu.peak_watts(applied))
             pending = None
             reload_done_s = math.inf
         before = int(batches)
