@@ -4,11 +4,23 @@ No I/O and no kopf here: the handlers parse, build, adopt and apply. What goes i
 template is chosen so that a change of ``spec.power`` never rolls the pods (the sidecars
 watch the object and apply it live), while anything that changes what the containers run
 does -- with one exception, ``power.clockControl.enabled``, which changes the sidecar's
-privileges and so must restart it.
+privileges and so must restart it. The Deployment carries a hash of its pod template
+(``capinfer.io/template-hash``) so the operator can tell a user when a change rolls pods.
+
+How the sidecar reaches Triton's GPUs: the device plugin injects the GPUs it allocated
+into the container that requested them (Triton) only, and the sidecar must not request
+GPUs of its own. So the sidecar asks the NVIDIA container runtime for every GPU of the node
+with ``NVIDIA_VISIBLE_DEVICES=all`` and the ``utility`` capability alone (NVML, no compute),
+then picks Triton's GPUs by the ``gpu_uuid`` labels of Triton's own metrics. This needs the
+NVIDIA runtime as the node's default runtime and the device plugin's default of accepting
+that variable from unprivileged containers (the GPU Operator's defaults); where a node
+refuses it, the sidecar finds none of Triton's GPUs and stops with a message that says so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +38,7 @@ MODEL_MOUNT = "/models"
 STATE_MOUNT = "/run/capinfer"
 SIDECAR_UID = 65532
 DEFAULT_SIDECAR_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}}
+TEMPLATE_HASH_ANNOTATION = f"{GROUP}/template-hash"
 
 Manifest = dict[str, Any]
 
@@ -73,11 +86,11 @@ def _metadata(target: Target, name: str, component: str) -> Manifest:
 def _repository(spec: Mapping[str, Any]) -> tuple[str, list[Manifest], list[Manifest]]:
     """``--model-repository`` value, volumes and Triton's volume mounts."""
     repo = spec["triton"]["modelRepository"]
+    mount: Manifest = {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": True}
     if "uri" in repo:
         return str(repo["uri"]), [], []
     if "persistentVolumeClaim" in repo:
         claim = repo["persistentVolumeClaim"]
-        mount: Manifest = {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": True}
         if claim.get("subPath"):
             mount["subPath"] = claim["subPath"]
         volume = {
@@ -85,10 +98,15 @@ def _repository(spec: Mapping[str, Any]) -> tuple[str, list[Manifest], list[Mani
             "persistentVolumeClaim": {"claimName": claim["claimName"], "readOnly": True},
         }
         return MODEL_MOUNT, [volume], [mount]
-    if "configMap" in repo:
-        volume = {"name": "models", "configMap": {"name": repo["configMap"]["name"]}}
-        return MODEL_MOUNT, [volume], [{"name": "models", "mountPath": MODEL_MOUNT}]
-    raise SpecError("spec.triton.modelRepository: set one of uri, persistentVolumeClaim, configMap")
+    if "volume" in repo:
+        source = dict(repo["volume"])
+        if "name" in source or len(source) != 1:
+            raise SpecError(
+                "spec.triton.modelRepository.volume: give exactly one volume source"
+                " (e.g. nfs, csi, configMap) and no name"
+            )
+        return MODEL_MOUNT, [{**source, "name": "models"}], [mount]
+    raise SpecError("spec.triton.modelRepository: set one of uri, persistentVolumeClaim, volume")
 
 
 OWN_TRITON_FLAGS = (
@@ -242,6 +260,12 @@ def triton_container(spec: Mapping[str, Any], repository: str, mounts: list[Mani
 
 
 # -- the objects ----------------------------------------------------------------------------
+def template_hash(template: Manifest) -> str:
+    """A short stable digest of a pod template: it changes exactly when pods would roll."""
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def build_deployment(target: Target, spec: Mapping[str, Any], default_image: str) -> Manifest:
     repository, volumes, mounts = _repository(spec)
     pod_spec: Manifest = {
@@ -256,19 +280,20 @@ def build_deployment(target: Target, spec: Mapping[str, Any], default_image: str
     for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
         if spec.get(key):
             pod_spec[key] = spec[key]
+    template: Manifest = {
+        "metadata": {"labels": {**target.labels(), "app.kubernetes.io/component": "inference"}},
+        "spec": pod_spec,
+    }
+    metadata = _metadata(target, target.child_name, "inference")
+    metadata["annotations"] = {TEMPLATE_HASH_ANNOTATION: template_hash(template)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(target, target.child_name, "inference"),
+        "metadata": metadata,
         "spec": {
             "replicas": int(spec.get("replicas", 1)),
             "selector": {"matchLabels": target.selector()},
-            "template": {
-                "metadata": {
-                    "labels": {**target.labels(), "app.kubernetes.io/component": "inference"}
-                },
-                "spec": pod_spec,
-            },
+            "template": template,
         },
     }
 

@@ -1,15 +1,18 @@
-"""kopf handlers: parse, build, adopt, apply. The decisions live in the pure builders.
+"""kopf handlers: parse, build, adopt, apply. The decisions live in the pure modules.
 
 Handlers are synchronous on purpose: kopf runs them in its thread pool, so the blocking
-official client never stalls the event loop.
+official client never stalls the event loop. Deletion needs no handler: every child carries
+an owner reference, and the garbage collector removes them with the object.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 from kubernetes import client, config
@@ -18,17 +21,41 @@ from kubernetes.client.exceptions import ApiException
 from capinfer_operator.builders import (
     GROUP,
     PLURAL,
+    TEMPLATE_HASH_ANNOTATION,
     VERSION,
+    Manifest,
     SpecError,
     Target,
     build_children,
+    clock_control_enabled,
 )
-from capinfer_operator.kube import Applier, is_transient
-from capinfer_operator.status import aggregate_pods, condition, readiness, updated_conditions
+from capinfer_operator.changes import live_change_message, rolling_change_message
+from capinfer_operator.kube import (
+    Applier,
+    api_message,
+    is_transient,
+    namespace_terminating,
+    template_hash_of,
+)
+from capinfer_operator.status import (
+    DeploymentState,
+    aggregate_pods,
+    condition,
+    conditions_already_set,
+    numbers_due,
+    readiness,
+    removal_patch,
+    stale_pods,
+    updated_conditions,
+)
 
 SIDECAR_IMAGE_ENV = "CAPINFER_SIDECAR_IMAGE"
 RETRY_DELAY_S = 5
-MANAGED = {"app.kubernetes.io/managed-by": "capinfer"}
+FORBIDDEN_RETRY_DELAY_S = 60
+MANAGED_BY = "app.kubernetes.io/managed-by=capinfer"
+OWNER_LABEL = "capinfer.io/inference"
+
+log = logging.getLogger(__name__)
 
 
 def now() -> str:
@@ -57,11 +84,39 @@ def configure(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/operator"
-    settings.posting.level = logging.INFO
+    # Warnings and errors become Events; the Normal ones are posted on purpose below, not
+    # one per handler run.
+    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Only the Deployments capinfer manages, filtered by the API server, not after the fact.
+    settings.watching.label_selectors["apps", "deployments"] = MANAGED_BY
     logger.info("capinfer operator configured; default sidecar image %r",
                 os.environ.get(SIDECAR_IMAGE_ENV, ""))  # fmt: skip
+
+
+# -- errors -----------------------------------------------------------------------------------
+class ChildRejectedError(Exception):
+    """The API server refused a child as rendered: retrying the same spec cannot help."""
+
+
+class NamespaceGoingError(Exception):
+    """The namespace is being deleted, the object with it: there is nothing left to do."""
+
+
+def retry_or_reject(error: ApiException, doing: str) -> NoReturn:
+    """Transient trouble and missing permissions retry later; anything else is a rejection."""
+    if namespace_terminating(error):
+        raise NamespaceGoingError(doing) from error
+    if is_transient(error):
+        raise kopf.TemporaryError(f"{doing}: {api_message(error)}", delay=RETRY_DELAY_S) from error
+    if error.status in (401, 403):
+        # Someone may fix the operator's RBAC: keep trying, slowly, and say what is missing.
+        raise kopf.TemporaryError(
+            f"{doing}: not permitted ({api_message(error)}); check the operator's ClusterRole",
+            delay=FORBIDDEN_RETRY_DELAY_S,
+        ) from error
+    raise ChildRejectedError(f"{doing}: {api_message(error)}") from error
 
 
 def _set_status(
@@ -72,11 +127,66 @@ def _set_status(
     except ApiException as error:
         if error.status == 404:
             return  # the object is gone; nothing to report on
-        if is_transient(error):
-            raise kopf.TemporaryError(
-                f"status update: {error.reason}", delay=RETRY_DELAY_S
-            ) from error
-        raise
+        retry_or_reject(error, "updating the status")
+
+
+def _refuse(
+    memo: kopf.Memo,
+    body: kopf.Body,
+    *,
+    generation: int,
+    existing: list[dict[str, Any]],
+    reason: str,
+    message: str,
+) -> NoReturn:
+    """Ready=False with the reason, a Warning event, and no retries of this generation."""
+    target = body["metadata"]
+    ready = condition("Ready", False, reason, message, generation=generation, now=now())
+    invalid = {
+        "observedGeneration": generation,
+        "conditions": updated_conditions(existing, [ready]),
+    }
+    _set_status(memo, target["namespace"], target["name"], invalid, "spec")
+    kopf.warn(body, reason=reason, message=message)
+    raise kopf.PermanentError(message)
+
+
+# -- reconciliation ---------------------------------------------------------------------------
+def _read_deployment(the_applier: Applier, target: Target) -> dict[str, Any] | None:
+    try:
+        return the_applier.read_deployment(target.namespace, target.child_name)
+    except ApiException as error:
+        retry_or_reject(error, f"reading Deployment {target.child_name}")
+
+
+def apply_children(the_applier: Applier, owner: kopf.Body, children: list[Manifest]) -> None:
+    for child in children:
+        kopf.adopt(child, owner=owner)
+        try:
+            the_applier.apply(child)
+        except ApiException as error:
+            retry_or_reject(error, f"applying {child['kind']} {child['metadata']['name']}")
+
+
+def _announce(
+    body: kopf.Body,
+    before: dict[str, Any] | None,
+    deployment: Manifest,
+    old_spec: Mapping[str, Any] | None,
+    new_spec: Mapping[str, Any],
+) -> None:
+    """Events for what a user should see: created, rolling out, changed live."""
+    new_hash = deployment["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
+    old_hash = template_hash_of(before)
+    if before is None:
+        kopf.event(body, type="Normal", reason="Created",
+                   message="Deployment, Service and the sidecar's ServiceAccount, Role and"
+                           " RoleBinding created")  # fmt: skip
+    elif old_hash != new_hash:
+        kopf.event(body, type="Normal", reason="RollingOut",
+                   message=rolling_change_message(old_spec, new_spec))  # fmt: skip
+    if old_spec is not None and (live := live_change_message(old_spec, new_spec)):
+        kopf.event(body, type="Normal", reason="PowerChanged", message=live)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -90,6 +200,8 @@ def reconcile(
     namespace: str | None,
     meta: kopf.Meta,
     status: kopf.Status,
+    reason: str,
+    old: Any,
     memo: kopf.Memo,
     logger: kopf.Logger,
     **_: Any,
@@ -99,32 +211,39 @@ def reconcile(
     generation = int(meta.get("generation", 0))
     target = Target(name=name, namespace=namespace)
     existing = list(status.get("conditions", []))
+    the_applier = applier(memo)
     try:
         children = build_children(target, spec, os.environ.get(SIDECAR_IMAGE_ENV, ""))
     except SpecError as error:
-        ready = condition(
-            "Ready", False, "InvalidSpec", str(error), generation=generation, now=now()
+        _refuse(
+            memo,
+            body,
+            generation=generation,
+            existing=existing,
+            reason="InvalidSpec",
+            message=str(error),
         )
-        invalid = {
-            "observedGeneration": generation,
-            "conditions": updated_conditions(existing, [ready]),
-        }
-        _set_status(memo, namespace, name, invalid, "spec")
-        kopf.warn(body, reason="InvalidSpec", message=str(error))
-        raise kopf.PermanentError(str(error)) from error
-    for child in children:
-        kopf.adopt(child, owner=body)
-        try:
-            applier(memo).apply(child)
-        except ApiException as error:
-            what = f"{child['kind']} {child['metadata']['name']}"
-            if is_transient(error):
-                raise kopf.TemporaryError(
-                    f"applying {what}: {error.reason}", delay=RETRY_DELAY_S
-                ) from error
-            raise kopf.PermanentError(f"applying {what}: {error.status} {error.reason}") from error
+    before = _read_deployment(the_applier, target)
+    try:
+        apply_children(the_applier, body, children)
+    except NamespaceGoingError:
+        logger.debug("namespace %s is being deleted: nothing to apply", namespace)
+        return
+    except ChildRejectedError as error:
+        _refuse(
+            memo,
+            body,
+            generation=generation,
+            existing=existing,
+            reason="ApplyRejected",
+            message=str(error),
+        )
+    # With field="spec", an update's ``old`` is the previous spec.
+    old_spec = old if reason == kopf.Reason.UPDATE and isinstance(old, Mapping) else None
+    _announce(body, before, children[-1], old_spec, spec)
+    deployment = _read_deployment(the_applier, target)
     counts, ready = readiness(
-        applier(memo).read_deployment_status(namespace, target.child_name),
+        DeploymentState.from_deployment(deployment) if deployment else None,
         int(spec.get("replicas", 1)),
         generation,
         now(),
@@ -143,46 +262,66 @@ def reconcile(
         "spec",
     )
     logger.info("applied %s", ", ".join(f"{c['kind']}/{c['metadata']['name']}" for c in children))
-    kopf.info(body, reason="Applied", message=f"{len(children)} children applied")
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+# -- the Deployment moved ---------------------------------------------------------------------
+def _restore(the_applier: Applier, owner: dict[str, Any], logger: kopf.Logger) -> None:
+    """Someone deleted the Deployment while its owner lives: apply the children again."""
+    metadata = owner["metadata"]
+    target = Target(name=metadata["name"], namespace=metadata["namespace"])
+    try:
+        children = build_children(target, owner["spec"], os.environ.get(SIDECAR_IMAGE_ENV, ""))
+        apply_children(the_applier, kopf.Body(owner), children)  # type: ignore[arg-type]
+    except NamespaceGoingError:
+        return
+    except (SpecError, ChildRejectedError, kopf.TemporaryError) as error:
+        logger.warning("could not recreate the children of %s: %s", target.name, error)
+        return
+    kopf.event(kopf.Body(owner),  # type: ignore[arg-type]
+               type="Normal", reason="Recreated",
+               message=f"Deployment {target.child_name} was deleted; created it again")  # fmt: skip
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "capinfer"})
 def deployment_changed(
     *,
     type: str,
+    body: kopf.Body,
     labels: kopf.Labels,
-    status: kopf.Status,
     namespace: str | None,
     memo: kopf.Memo,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
     """A managed Deployment moved: carry its replica counts to the owner's status."""
-    owner = labels.get("capinfer.io/inference")
-    if not owner or namespace is None or type == "DELETED":
+    owner_name = labels.get(OWNER_LABEL)
+    if not owner_name or namespace is None:
         return
-    custom = client.CustomObjectsApi()
+    the_applier = applier(memo)
     try:
-        obj: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
-            GROUP, VERSION, namespace, PLURAL, owner
-        )
+        owner = the_applier.read_inference(namespace, owner_name)
     except ApiException as error:
-        if error.status == 404:
-            return
-        raise
-    generation = int(obj["metadata"].get("generation", 0))
-    desired = int(obj.get("spec", {}).get("replicas", 1))
-    counts, ready = readiness(dict(status), desired, generation, now())
-    current = obj.get("status", {})
+        logger.warning("reading %s: %s", owner_name, api_message(error))
+        return
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return  # the owner is going: the garbage collector takes its children
+    if type == "DELETED":
+        _restore(the_applier, owner, logger)
+        return
+    generation = int(owner["metadata"].get("generation", 0))
+    desired = int(owner.get("spec", {}).get("replicas", 1))
+    counts, ready = readiness(DeploymentState.from_deployment(body), desired, generation, now())
+    current = owner.get("status", {})
     existing = list(current.get("conditions", []))
     updated = updated_conditions(existing, [ready])
     same_counts = all(current.get(k) == v for k, v in counts.items())
-    if same_counts and _already_set(updated, existing):
+    if same_counts and conditions_already_set(updated, existing):
         return
-    _set_status(memo, namespace, owner, {**counts, "conditions": updated}, "replicas")
-    logger.debug("%s: %s", owner, ready["message"])
+    _set_status(memo, namespace, owner_name, {**counts, "conditions": updated}, "replicas")
+    logger.debug("%s: %s", owner_name, ready["message"])
 
 
+# -- the sidecars reported --------------------------------------------------------------------
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def sidecar_reports(
     *,
@@ -193,27 +332,33 @@ def sidecar_reports(
     spec: kopf.Spec,
     status: kopf.Status,
     memo: kopf.Memo,
+    logger: kopf.Logger,
     **_: Any,
 ) -> None:
     """The sidecars wrote their entries: keep totals and CapMet/ClockControl current."""
-    if type == "DELETED" or namespace is None:
+    if type == "DELETED" or namespace is None or meta.get("deletionTimestamp"):
         return
+    pods = [dict(p) for p in status.get("pods", [])]
+    if stale := stale_pods(pods, datetime.now(UTC)):
+        try:
+            applier(memo).patch_status(namespace, name, removal_patch(pods, stale))
+        except ApiException as error:
+            # 422: the list changed meanwhile (the guarded patch refused); the next event
+            # brings the new list.
+            logger.debug("pruning %s: %s", stale, api_message(error))
+            return
+        logger.info("removed the entries of pods gone silent: %s", ", ".join(stale))
+        return  # the patch brings a new event with the pruned list
     generation = int(meta.get("generation", 0))
     cap_watts = float(spec.get("power", {}).get("capWatts", 0))
-    fields, conditions = aggregate_pods(status.get("pods", []), cap_watts, generation, now())
+    fields, conditions = aggregate_pods(
+        pods, cap_watts, generation, now(), clock_control_wanted=clock_control_enabled(spec)
+    )
     existing = list(status.get("conditions", []))
     updated = updated_conditions(existing, conditions)
-    unchanged = all(status.get(k) == v for k, v in fields.items())
-    if unchanged and _already_set(updated, existing):
-        return  # nothing new: writing would only wake every watcher again
+    written_s = memo.get("numbers_written_s")
+    since_s = None if written_s is None else time.monotonic() - float(written_s)
+    if not numbers_due(status, fields, not conditions_already_set(updated, existing), since_s):
+        return  # nothing new (or only numbers, written moments ago)
     _set_status(memo, namespace, name, {**fields, "conditions": updated}, "pods")
-
-
-def _already_set(updated: list[dict[str, Any]], existing: list[dict[str, Any]]) -> bool:
-    """Every updated condition is already there, apart from its transition time."""
-
-    def strip(condition: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in condition.items() if k != "lastTransitionTime"}
-
-    present = [strip(dict(c)) for c in existing]
-    return all(strip(c) in present for c in updated)
+    memo["numbers_written_s"] = time.monotonic()

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from capinfer_operator.builders import GROUP, PLURAL, VERSION, Manifest
+from capinfer_operator.builders import (
+    GROUP,
+    KIND,
+    PLURAL,
+    TEMPLATE_HASH_ANNOTATION,
+    VERSION,
+    Manifest,
+)
 
 FIELD_MANAGER = "capinfer-operator"
 APPLY = "application/apply-patch+yaml"
+JSON_PATCH = "application/json-patch+json"
 
 
 class Applier:
     """Applies manifests with one field manager, forcing ownership of what it sets."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
+        self._client = api_client
         self._apps = client.AppsV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._rbac = client.RbacAuthorizationV1Api(api_client)
@@ -55,7 +65,7 @@ class Applier:
         """
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "PowerCappedInference",
+            "kind": KIND,
             "metadata": {"name": name, "namespace": namespace},
             "status": status,
         }
@@ -64,19 +74,68 @@ class Applier:
             field_manager=f"{FIELD_MANAGER}/{concern}", force=True, _content_type=APPLY,
         )  # fmt: skip
 
-    def read_deployment_status(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def patch_status(self, namespace: str, name: str, operations: list[dict[str, Any]]) -> None:
+        """A JSON patch on the status: removes what other field managers wrote."""
+        self._custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, operations,
+            field_manager=FIELD_MANAGER, _content_type=JSON_PATCH,
+        )  # fmt: skip
+
+    def read_inference(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The PowerCappedInference, or None when it is gone."""
         try:
-            deployment = self._apps.read_namespaced_deployment_status(name, namespace)
+            found: dict[str, Any] = self._custom.get_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, namespace, PLURAL, name
+            )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        status = deployment.status
-        if status is None:
-            return None
-        return {"replicas": status.replicas, "readyReplicas": status.ready_replicas}
+        return found
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Deployment as the API serves it (camelCase keys), or None when absent."""
+        try:
+            deployment = self._apps.read_namespaced_deployment(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        found: dict[str, Any] = self._client.sanitize_for_serialization(  # type: ignore[no-untyped-call]
+            deployment
+        )
+        return found
+
+
+def template_hash_of(deployment: dict[str, Any] | None) -> str | None:
+    if deployment is None:
+        return None
+    annotations = deployment.get("metadata", {}).get("annotations") or {}
+    found = annotations.get(TEMPLATE_HASH_ANNOTATION)
+    return str(found) if found is not None else None
 
 
 def is_transient(error: ApiException) -> bool:
     """Conflicts, throttling and server trouble pass; anything else is our mistake."""
     return error.status in (409, 429) or (error.status or 0) >= 500 or error.status is None
+
+
+def _status_body(error: ApiException) -> dict[str, Any]:
+    try:
+        body = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def namespace_terminating(error: ApiException) -> bool:
+    """The namespace is being deleted: nothing can be created in it any more (a 403 that
+    says nothing about permissions)."""
+    causes = (_status_body(error).get("details") or {}).get("causes") or []
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own words (they name the field), else the HTTP reason."""
+    message = _status_body(error).get("message")
+    return str(message) if message else f"{error.status} {error.reason}"

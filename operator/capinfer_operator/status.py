@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 Condition = dict[str, Any]
+
+STALE_REPORT_S = 60.0
+"""A pod entry not refreshed for this long belongs to a pod that is gone (sidecars write
+every few seconds and remove their entry when they stop; a killed pod cannot)."""
+
+NUMBERS_REFRESH_S = 2.0
+"""Least time between two writes of the aggregate numbers of one object: the sidecars
+write every few seconds each, and every write of ours wakes every watcher again."""
 
 
 def condition(
@@ -36,75 +46,174 @@ def updated_conditions(
     return result
 
 
+def conditions_already_set(
+    updated: Sequence[Mapping[str, Any]], existing: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Every updated condition is already there, transition time aside."""
+
+    def strip(cond: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in cond.items() if k != "lastTransitionTime"}
+
+    present = [strip(c) for c in existing]
+    return all(strip(c) in present for c in updated)
+
+
+# -- replicas ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeploymentState:
+    """What the Deployment controller reports, reduced to what readiness needs."""
+
+    replicas: int
+    ready_replicas: int
+    updated_replicas: int
+    observed: bool
+    """The controller has seen the Deployment's latest spec (its counts are current)."""
+
+    @classmethod
+    def from_deployment(cls, deployment: Mapping[str, Any]) -> DeploymentState:
+        """From a Deployment as the API serves it (camelCase keys)."""
+        status = deployment.get("status") or {}
+        generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+        return cls(
+            replicas=int(status.get("replicas") or 0),
+            ready_replicas=int(status.get("readyReplicas") or 0),
+            updated_replicas=int(status.get("updatedReplicas") or 0),
+            observed=int(status.get("observedGeneration") or 0) >= generation,
+        )
+
+
 def readiness(
-    deployment_status: Mapping[str, Any] | None, desired: int, generation: int, now: str
+    deployment: DeploymentState | None, desired: int, generation: int, now: str
 ) -> tuple[dict[str, Any], Condition]:
     """Replica counts from the Deployment and the Ready condition they imply."""
-    status = deployment_status or {}
-    replicas = int(status.get("replicas") or 0)
-    ready = int(status.get("readyReplicas") or 0)
-    counted = f"{ready}/{desired} pods ready"
-    if desired == 0:
+    if deployment is None:
+        cond = condition(
+            "Ready", False, "NoDeployment", "the Deployment does not exist yet",
+            generation=generation, now=now,
+        )  # fmt: skip
+        return {"replicas": 0, "readyReplicas": 0}, cond
+    counts = {"replicas": deployment.replicas, "readyReplicas": deployment.ready_replicas}
+    ready = f"{deployment.ready_replicas}/{desired} pods ready"
+    rolling = not deployment.observed or deployment.updated_replicas < desired
+    leftovers = deployment.replicas > deployment.updated_replicas
+    if desired == 0 and deployment.replicas == 0:
         ok, reason, message = True, "ScaledToZero", "no replicas requested"
-    elif ready >= desired:
-        ok, reason, message = True, "PodsReady", counted
+    elif rolling or leftovers:
+        updated = f"{deployment.updated_replicas}/{desired} pods updated"
+        ok, reason, message = False, "RollingOut", f"{updated}, {ready}"
+    elif deployment.replicas > desired:
+        # Surplus pods of the current template still serve while they go.
+        ok, reason = True, "ScalingDown"
+        message = f"{deployment.replicas} pods, scaling down to {desired}"
+    elif deployment.ready_replicas >= desired:
+        ok, reason, message = True, "PodsReady", ready
     else:
-        ok, reason, message = False, "PodsNotReady", counted
-    cond = condition("Ready", ok, reason, message, generation=generation, now=now)
-    return {"replicas": replicas, "readyReplicas": ready}, cond
+        ok, reason, message = False, "PodsNotReady", ready
+    return counts, condition("Ready", ok, reason, message, generation=generation, now=now)
+
+
+# -- the sidecars' reports --------------------------------------------------------------------
+def _age_s(entry: Mapping[str, Any], now: datetime) -> float | None:
+    stamp = entry.get("lastUpdate")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        written = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (now - written).total_seconds()
+
+
+def stale_pods(
+    pods: Sequence[Mapping[str, Any]], now: datetime, stale_after_s: float = STALE_REPORT_S
+) -> list[str]:
+    """Names of entries whose sidecar stopped writing long ago (an entry never dated counts
+    as fresh: nothing says it is old)."""
+    return [
+        str(p["name"]) for p in pods if (age := _age_s(p, now)) is not None and age > stale_after_s
+    ]
+
+
+def removal_patch(pods: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
+    """A JSON patch removing the named entries of ``status.pods``.
+
+    Each removal is guarded by a test of the name at that index, so a list that changed
+    meanwhile fails the whole patch instead of losing a live pod's entry. Indices go from
+    the last down so that earlier removals do not shift later ones.
+    """
+    operations: list[dict[str, Any]] = []
+    for index in sorted((i for i, p in enumerate(pods) if p.get("name") in names), reverse=True):
+        path = f"/status/pods/{index}"
+        operations.append({"op": "test", "path": f"{path}/name", "value": pods[index]["name"]})
+        operations.append({"op": "remove", "path": path})
+    return operations
 
 
 def aggregate_pods(
-    pods: Sequence[Mapping[str, Any]], cap_watts: float, generation: int, now: str
+    pods: Sequence[Mapping[str, Any]],
+    cap_watts: float,
+    generation: int,
+    now: str,
+    *,
+    clock_control_wanted: bool = True,
 ) -> tuple[dict[str, Any], list[Condition]]:
     """Totals over the sidecars' entries, and the CapMet / ClockControl conditions."""
     if not pods:
+        unknown = "no sidecar has reported yet"
         return {}, [
-            condition(
-                "CapMet",
-                None,
-                "NoReports",
-                "no sidecar has reported yet",
-                generation=generation,
-                now=now,
-            )
+            condition("CapMet", None, "NoReports", unknown, generation=generation, now=now),
+            condition("ClockControl", None, "NoReports", unknown, generation=generation, now=now),
         ]
     powers = [float(p["powerWatts"]) for p in pods if "powerWatts" in p]
+    caps = [float(p["capWatts"]) for p in pods if "capWatts" in p]
     batches = [int(p["batchSize"]) for p in pods if "batchSize" in p]
     clocks = [int(p["smClockMHz"]) for p in pods if "smClockMHz" in p]
-    fields: dict[str, Any] = {"capWatts": cap_watts}
+    fields: dict[str, Any] = {}
+    if caps:
+        fields["capWatts"] = max(caps)
     if powers:
         fields["powerWatts"] = round(sum(powers), 1)
     if batches:
         fields["batchSize"] = min(batches)
     if clocks:
         fields["smClockMHz"] = min(clocks)
-    # A pod counts as over the cap only once its sidecar holds the current cap.
-    over = [
+    # A pod counts as over the cap only once its sidecar holds the current cap: a sidecar
+    # still on an old, higher cap is catching up, not failing.
+    behind = sorted(
+        str(p["name"]) for p in pods if float(p.get("capWatts", cap_watts)) != cap_watts
+    )
+    over = sorted(
         str(p["name"])
         for p in pods
-        if "powerWatts" in p and float(p.get("capWatts", cap_watts)) == cap_watts
+        if "powerWatts" in p and str(p["name"]) not in behind
         and float(p["powerWatts"]) > cap_watts
-    ]  # fmt: skip
+    )  # fmt: skip
     if over:
         cap_met = condition(
-            "CapMet", False, "OverCap", f"over {cap_watts:g} W: {', '.join(sorted(over))}",
+            "CapMet", False, "OverCap", f"over {cap_watts:g} W: {', '.join(over)}",
+            generation=generation, now=now,
+        )  # fmt: skip
+    elif behind:
+        cap_met = condition(
+            "CapMet", None, "CapChanging",
+            f"{', '.join(behind)} not yet on the {cap_watts:g} W cap",
             generation=generation, now=now,
         )  # fmt: skip
     else:
         cap_met = condition(
-            "CapMet",
-            True,
-            "UnderCap",
-            f"every pod under {cap_watts:g} W",
-            generation=generation,
-            now=now,
-        )
-    refused = [str(p["name"]) for p in pods if p.get("clockControl") is False]
-    if refused:
+            "CapMet", True, "UnderCap", f"every pod under {cap_watts:g} W",
+            generation=generation, now=now,
+        )  # fmt: skip
+    refused = sorted(str(p["name"]) for p in pods if p.get("clockControl") is False)
+    if not clock_control_wanted:
+        clock = condition(
+            "ClockControl", False, "Disabled", "spec.power.clockControl.enabled is false",
+            generation=generation, now=now,
+        )  # fmt: skip
+    elif refused:
         clock = condition(
             "ClockControl", False, "BatchSizeOnly",
-            f"clocks cannot be locked in {', '.join(sorted(refused))}: batch size only",
+            f"clocks cannot be locked in {', '.join(refused)}: batch size only",
             generation=generation, now=now,
         )  # fmt: skip
     else:
@@ -112,3 +221,21 @@ def aggregate_pods(
             "ClockControl", True, "Available", "clocks lockable", generation=generation, now=now
         )
     return fields, [cap_met, clock]
+
+
+def numbers_due(
+    current: Mapping[str, Any],
+    fields: Mapping[str, Any],
+    conditions_changed: bool,
+    since_last_write_s: float | None,
+) -> bool:
+    """Whether the aggregates are worth a write now.
+
+    A condition change always is; numbers alone at most every ``NUMBERS_REFRESH_S``. The
+    next sidecar report, seconds later, brings anything held back.
+    """
+    if conditions_changed:
+        return True
+    if all(current.get(k) == v for k, v in fields.items()):
+        return False
+    return since_last_write_s is None or since_last_write_s >= NUMBERS_REFRESH_S
