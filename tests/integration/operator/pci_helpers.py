@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,3 +50,83 @@ def inference(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     }
+
+
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "helm" / "capinfer"
+RENDER_KUBE_VERSION = "1.34.0"
+REFUSAL_MARKS = ("Forbidden", "forbidden", "Not enough permissions", "not permitted")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class OperatorUnderTest:
+    """``capinfer-operator`` as a subprocess that a test may kill and start again."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.health_url = f"http://127.0.0.1:{free_port()}/healthz"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "capinfer_operator.main", "--all-namespaces", "--standalone",
+            "--sidecar-image", "capinfer:test", "--log-level", "DEBUG",
+            "--liveness", self.health_url,
+        ]  # fmt: skip
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while not healthy(self.health_url):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"capinfer-operator did not come up:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM and wait; ``kill`` is SIGKILL, as a node failure would do it."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def refusals(self, since_char: int = 0) -> list[str]:
+        text = self.log_text()[since_char:]
+        return [line for line in text.splitlines() if any(m in line for m in REFUSAL_MARKS)]
+
+
+def render_operator_rbac(cluster: LocalCluster, release: str, namespace: str) -> str:
+    result = subprocess.run(
+        [str(cluster.binaries.path("helm")), "template", release, str(CHART),
+         "--namespace", namespace, "--kube-version", RENDER_KUBE_VERSION,
+         "--show-only", "templates/rbac.yaml", "--show-only", "templates/serviceaccount.yaml"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.fail(f"helm template of the operator's RBAC failed:\n{result.stderr}")
+    return result.stdout

@@ -9,14 +9,15 @@ import pytest
 
 from capinfer_operator.builders import (
     SIDECAR_UID,
+    TEMPLATE_HASH_ANNOTATION,
     SpecError,
     Target,
     build_children,
     build_deployment,
     build_role,
     build_service,
+    template_hash,
 )
-from capinfer_operator.status import aggregate_pods, readiness, updated_conditions
 
 TARGET = Target(name="resnet", namespace="ml")
 SPEC: dict[str, Any] = {
@@ -145,24 +146,103 @@ def test_no_sidecar_image_anywhere_is_an_error() -> None:
         build_deployment(TARGET, SPEC, "")
 
 
-def test_readiness_and_aggregates() -> None:
-    counts, ready = readiness({"replicas": 2, "readyReplicas": 1}, 2, generation=3, now="t")
-    assert counts == {"replicas": 2, "readyReplicas": 1}
-    assert (ready["status"], ready["reason"]) == ("False", "PodsNotReady")
-    pods = [
-        {"name": "a", "powerWatts": 170.0, "capWatts": 180, "batchSize": 64, "smClockMHz": 1300},
-        {"name": "b", "powerWatts": 185.0, "capWatts": 180, "batchSize": 32, "clockControl": False},
+def test_the_deployment_carries_the_hash_of_its_pod_template() -> None:
+    deployment = build_deployment(TARGET, SPEC, "i")
+    annotation = deployment["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
+    assert annotation == template_hash(deployment["spec"]["template"])
+    assert len(annotation) == 16
+    replicas = {**SPEC, "replicas": 7, "power": {**SPEC["power"], "capWatts": 90}}
+    same = build_deployment(TARGET, replicas, "i")
+    assert same["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] == annotation
+    clocks_off = {**SPEC, "power": {**SPEC["power"], "clockControl": {"enabled": False}}}
+    rolled = build_deployment(TARGET, clocks_off, "i")
+    assert rolled["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] != annotation
+
+
+@pytest.mark.parametrize(
+    ("repository", "argument", "volume"),
+    [
+        ({"uri": "s3://bucket/models"}, "s3://bucket/models", None),
+        (
+            {"persistentVolumeClaim": {"claimName": "repo"}},
+            "/models",
+            {"name": "models", "persistentVolumeClaim": {"claimName": "repo", "readOnly": True}},
+        ),
+        (
+            {"volume": {"nfs": {"server": "nas", "path": "/triton"}}},
+            "/models",
+            {"name": "models", "nfs": {"server": "nas", "path": "/triton"}},
+        ),
+    ],
+)
+def test_each_model_repository_source(
+    repository: dict[str, Any], argument: str, volume: dict[str, Any] | None
+) -> None:
+    spec = {**SPEC, "triton": {**SPEC["triton"], "modelRepository": repository}}
+    deployment = build_deployment(TARGET, spec, "i")
+    triton = containers(deployment)["triton"]
+    assert f"--model-repository={argument}" in triton["args"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes.get("models") == volume
+    mounted = [m["mountPath"] for m in triton["volumeMounts"]]
+    assert mounted == ([] if volume is None else ["/models"])
+    assert all(m.get("readOnly") for m in triton["volumeMounts"])
+
+
+def test_a_volume_source_with_two_sources_names_the_field() -> None:
+    two = {"volume": {"nfs": {"server": "a", "path": "/"}, "hostPath": {"path": "/m"}}}
+    spec = {**SPEC, "triton": {**SPEC["triton"], "modelRepository": two}}
+    with pytest.raises(SpecError, match=r"spec\.triton\.modelRepository\.volume"):
+        build_deployment(TARGET, spec, "i")
+
+
+def test_sidecar_sees_the_nodes_gpus_through_nvml_only_and_serves_metrics() -> None:
+    sidecar = containers(build_deployment(TARGET, SPEC, "i"))["capinfer-sidecar"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
+    assert env["CAPINFER_TRITON_METRICS"] == "http://127.0.0.1:8002/metrics"
+    assert env["CAPINFER_METRICS_ADDRESS"] == "0.0.0.0:9400"
+    field_refs = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in sidecar["env"]
+        if "valueFrom" in e
+    }
+    assert field_refs == {
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+        "NODE_NAME": "spec.nodeName",
+    }
+    assert sidecar["ports"] == [{"name": "sidecar-metrics", "containerPort": 9400}]
+
+
+def test_scheduling_fields_reach_the_pod_spec() -> None:
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}
+    spec = {
+        **SPEC,
+        "tolerations": [toleration],
+        "affinity": affinity,
+        "priorityClassName": "inference",
+        "terminationGracePeriodSeconds": 120,
+    }
+    pod = build_deployment(TARGET, spec, "i")["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [toleration]
+    assert pod["affinity"] == affinity
+    assert pod["priorityClassName"] == "inference"
+    assert pod["terminationGracePeriodSeconds"] == 120
+
+
+def test_the_sidecar_role_binding_names_its_account() -> None:
+    children = {c["kind"]: c for c in build_children(TARGET, SPEC, "i")}
+    binding = children["RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "resnet-capinfer-sidecar",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "resnet-capinfer-sidecar", "namespace": "ml"}
     ]
-    fields, conditions = aggregate_pods(pods, 180, generation=3, now="t")
-    assert fields == {"capWatts": 180, "powerWatts": 355.0, "batchSize": 32, "smClockMHz": 1300}
-    by_type = {c["type"]: c for c in conditions}
-    assert by_type["CapMet"]["status"] == "False" and "b" in by_type["CapMet"]["message"]
-    assert by_type["ClockControl"]["status"] == "False"
-
-
-def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
-    old = [{"type": "Ready", "status": "True", "lastTransitionTime": "early"}]
-    _, same = readiness({"replicas": 1, "readyReplicas": 1}, 1, generation=1, now="late")
-    assert updated_conditions(old, [same])[0]["lastTransitionTime"] == "early"
-    _, flipped = readiness({"replicas": 1, "readyReplicas": 0}, 1, generation=1, now="late")
-    assert updated_conditions(old, [flipped])[0]["lastTransitionTime"] == "late"
+    assert children["ServiceAccount"]["metadata"]["name"] == "resnet-capinfer-sidecar"
+    assert all(c["metadata"]["namespace"] == "ml" for c in children.values())

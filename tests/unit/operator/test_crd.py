@@ -60,3 +60,74 @@ def test_status_lists_are_maps_keyed_for_server_side_apply() -> None:
     status = schema()["properties"]["status"]["properties"]
     assert status["pods"]["x-kubernetes-list-map-keys"] == ["name"]
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def rules(node: dict[str, Any]) -> list[str]:
+    return [str(r["rule"]) for r in node.get("x-kubernetes-validations", [])]
+
+
+def test_the_schema_is_structural() -> None:
+    """Every field has a type (or is int-or-string), and every object says what it holds."""
+    untyped = [
+        path
+        for path, node in fields(schema(), "")
+        if "type" not in node and not node.get("x-kubernetes-int-or-string")
+    ]
+    assert untyped == []
+    open_objects = [
+        path
+        for path, node in fields(schema(), "")
+        if node.get("type") == "object"
+        and not ({"properties", "additionalProperties"} & node.keys())
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ]
+    assert open_objects == []
+
+
+def test_rules_the_schema_alone_cannot_say_are_cel() -> None:
+    root = schema()
+    spec = root["properties"]["spec"]["properties"]
+    power = spec["power"]["properties"]
+    triton = spec["triton"]["properties"]
+    assert any("metadata.name" in rule for rule in rules(root))
+    assert rules(power["batchSizes"]) == ["self.isSorted()"]
+    assert power["batchSizes"]["x-kubernetes-list-type"] == "set"  # sorted + set = strictly
+    assert any("minMHz <= self.maxMHz" in rule for rule in rules(power["clockControl"]))
+    assert rules(triton["model"]) == ["self == oldSelf"]
+    assert any("nvidia.com/gpu" in rule for rule in rules(triton["resources"]))
+    assert any("size() == 1" in rule for rule in rules(triton["modelRepository"]))
+    assert any("staticBatchSize in self.batchSizes" in r for r in rules(spec["power"]))
+
+
+def test_bounds_of_the_power_block() -> None:
+    power = schema()["properties"]["spec"]["properties"]["power"]
+    assert power["required"] == ["capWatts"]
+    band = power["properties"]["band"]
+    assert (band["minimum"], band["maximum"]) == (0, 1)
+    assert band["exclusiveMinimum"] and band["exclusiveMaximum"]
+    assert power["properties"]["capWatts"]["minimum"] > 0
+    assert power["properties"]["policy"]["enum"] == [
+        "Adaptive",
+        "BatchSizer",
+        "DVFS",
+        "BatchDVFS",
+        "Static",
+    ]
+    interval = power["properties"]["sampleIntervalMs"]
+    assert interval["default"] == 100 and interval["minimum"] < 100 < interval["maximum"]
+
+
+def test_printer_columns_point_at_declared_fields() -> None:
+    version = crd()["spec"]["versions"][0]
+    declared = {path for path, _ in fields(schema(), "")} | {".metadata.creationTimestamp"}
+    for column in version["additionalPrinterColumns"]:
+        path = column["jsonPath"].split("[")[0]
+        assert path in declared, f"column {column['name']} reads {path}, which is not declared"
+
+
+def test_the_scale_subresource_matches_the_status() -> None:
+    scale = crd()["spec"]["versions"][0]["subresources"]["scale"]
+    status = schema()["properties"]["status"]["properties"]
+    assert scale["specReplicasPath"] == ".spec.replicas"
+    assert scale["statusReplicasPath"].removeprefix(".status.") in status
+    assert scale["labelSelectorPath"].removeprefix(".status.") in status
