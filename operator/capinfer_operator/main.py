@@ -6,14 +6,20 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import kopf
 
 from capinfer_operator import handlers
 
 
+def _listed(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
     parser = argparse.ArgumentParser(
         prog="capinfer-operator",
         description=(
@@ -23,17 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
-        "--all-namespaces", "-A", action="store_true", help="watch every namespace (default)"
-    )
+        "--all-namespaces", "-A", action="store_true",
+        help="watch every namespace (the default when no namespace is given)",
+    )  # fmt: skip
     scope.add_argument(
-        "--namespace", "-n", action="append", default=[],
-        help="watch only this namespace (repeatable; globs like 'team-*' allowed)",
+        "--namespace", "-n", action="append",
+        help="watch only this namespace (repeatable; globs like 'team-*' allowed)"
+        " [env CAPINFER_WATCH_NAMESPACES, comma-separated]",
     )  # fmt: skip
     ha = parser.add_mutually_exclusive_group()
     ha.add_argument(
         "--peering",
         metavar="NAME",
-        help="coordinate replicas through kopf's peering object NAME (high availability)",
+        help="coordinate replicas through kopf's peering object NAME (high availability;"
+        " needs kopf's peering CRDs) [env CAPINFER_PEERING]",
     )
     ha.add_argument(
         "--standalone", action="store_true", help="no peering: this is the only replica (default)"
@@ -41,22 +50,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--liveness",
         metavar="URL",
-        default=os.environ.get("CAPINFER_LIVENESS"),
+        default=env("CAPINFER_LIVENESS"),
         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz [env CAPINFER_LIVENESS]",
     )
     parser.add_argument(
         "--sidecar-image",
-        default=os.environ.get(handlers.SIDECAR_IMAGE_ENV, ""),
+        default=env(handlers.SIDECAR_IMAGE_ENV, ""),
         help="sidecar image for objects that name none [env CAPINFER_SIDECAR_IMAGE]",
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("CAPINFER_LOG_LEVEL", "INFO"),
+        default=env("CAPINFER_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper,
         help="log level (default INFO) [env CAPINFER_LOG_LEVEL]",
     )
     return parser
+
+
+def kopf_options(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """What ``kopf.run`` gets: flags first, then the environment, then the defaults."""
+    if args.all_namespaces:
+        namespaces: list[str] = []
+    else:
+        namespaces = list(args.namespace or _listed(environ.get("CAPINFER_WATCH_NAMESPACES")))
+    peering = None if args.standalone else (args.peering or environ.get("CAPINFER_PEERING"))
+    return {
+        "clusterwide": not namespaces,
+        "namespaces": namespaces,
+        "standalone": not peering,
+        "peering_name": peering,
+        "liveness_endpoint": args.liveness,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,14 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.sidecar_image:
         os.environ[handlers.SIDECAR_IMAGE_ENV] = args.sidecar_image
-    namespaces = list(args.namespace)
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=not args.peering,
-        peering_name=args.peering,
-        liveness_endpoint=args.liveness,
-    )
+    kopf.run(**kopf_options(args, os.environ))
     return 0
 
 
