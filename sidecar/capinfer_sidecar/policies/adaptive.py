@@ -61,6 +61,9 @@ class AdaptiveTuning:
     """Most working headroom under the cap, as a fraction of it."""
     start_batch: int = 16
     """First batch size (nearest rung). Without clock control the first rung is used."""
+    trial_sigmas: float = 1.0
+    """How far above the limit (in noise deviations) the next clock level's best guess may
+    be, for it to be tried once."""
     dwell_samples: int = 3
     """Samples at a clock level before climbing further."""
     settle_s: float = 1.0
@@ -555,8 +558,9 @@ class Adaptive(Policy):
     def _highest_safe_clock(self, batches: set[int], clock: int) -> int:
         """Climb from ``clock`` through the levels estimated safe for every batch given.
 
-        The first level above is tried on the central estimate; further ones need the cautious
-        estimate, and levels beyond ``max_climb_ratio`` need to have been measured.
+        The first level above is tried on the central estimate (with a noise's allowance);
+        further ones need the cautious estimate, and levels beyond ``max_climb_ratio`` need to
+        have been measured.
         """
         best = clock
         for candidate in (c for c in self._clocks if c > clock):
@@ -577,7 +581,11 @@ class Adaptive(Policy):
                 estimate = self._peak(
                     batch, candidate, lean=Lean.CENTRAL if first else Lean.CAUTIOUS
                 )
-                safe = safe and estimate is not None and estimate <= self.limit_watts
+                # The next level, never measured, is worth one look when the best guess puts
+                # it within the noise of the limit: its first readings settle it (and a pair
+                # found too hot is remembered).
+                allowance = self._tuning.trial_sigmas * self._table.noise_watts if first else 0.0
+                safe = safe and estimate is not None and estimate <= self.limit_watts + allowance
             if not safe:
                 break
             best = candidate
