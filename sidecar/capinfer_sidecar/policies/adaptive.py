@@ -42,6 +42,7 @@ from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy,
 from capinfer_sidecar.policies.batchsizer import usable_batch_sizes
 from capinfer_sidecar.policies.ladder import index_at_or_below, nearest_index
 from capinfer_sidecar.policies.model import Lean, ModelPriors, PlantModel
+from capinfer_sidecar.policies.observe import not_lower
 from capinfer_sidecar.policies.table import PlantTable
 
 
@@ -121,18 +122,6 @@ class Candidate:
     """Measured (rescaled to its clock), or the best guess for one never measured."""
     hoped_rate: float
     measured: bool
-
-
-def _owns_reading(applied: Knobs, previous: Knobs | None) -> bool:
-    """Whether a reading can be blamed on ``applied``: it served the whole interval, or it
-    replaced lower settings (then the reading is the new pair's, or below it)."""
-    if previous is None or previous == applied:
-        return True
-    if applied.batch_size < previous.batch_size:
-        return False
-    if applied.sm_clock_mhz is None or previous.sm_clock_mhz is None:
-        return applied.sm_clock_mhz == previous.sm_clock_mhz
-    return applied.sm_clock_mhz >= previous.sm_clock_mhz
 
 
 class Adaptive(Policy):
@@ -263,7 +252,7 @@ class Adaptive(Policy):
             if self._drained:
                 self._draining = None
             self._drained = True
-        if not _owns_reading(observation.applied, previous):
+        if previous is not None and not not_lower(observation.applied, previous):
             # The interval began on higher settings: its reading says nothing of the new
             # ones. Hold this once; the next sample is theirs.
             return self._decision()

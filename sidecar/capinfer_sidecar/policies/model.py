@@ -251,10 +251,6 @@ class PlantModel:
         self.top_mhz: int | None = None
         """The top clock level (None without clock control): the reference of the fits."""
 
-    @property
-    def priors(self) -> ModelPriors:
-        return self._priors
-
     def measured_peak(self, batch: int, clock: int | None, now_s: float) -> float | None:
         """The peak seen at a pair, once it is trustworthy: enough readings, and two batches
         completed at the pair, so that one ran from start to end on it (long batches leave
@@ -437,7 +433,3 @@ class PlantModel:
     def predicted_rate(self, fit: LatencyFit, batch: int, clock: int | None) -> float:
         at_top_s = fit.fixed_s + fit.per_item_s * math.pow(batch, fit.exponent)
         return batch / _rescale(at_top_s, self.top_mhz, clock, self.top_mhz, fit.clock_fraction)
-
-    def mean_batch(self, batch: int, clock: int | None, now_s: float) -> float | None:
-        cell = self._table.get(batch, clock, now_s)
-        return cell.mean_batch() if cell is not None else None

@@ -35,6 +35,16 @@ def knobs_applied(wanted: Knobs, observation: Observation) -> bool:
     return wanted.sm_clock_mhz is None or observation.applied.sm_clock_mhz == wanted.sm_clock_mhz
 
 
+def not_lower(new: Knobs, old: Knobs) -> bool:
+    """Whether ``new`` lowers neither knob from ``old``: then power can only have grown, and
+    a reading taken across the change bounds the new settings' peak from above."""
+    if new.batch_size < old.batch_size:
+        return False
+    if new.sm_clock_mhz is None or old.sm_clock_mhz is None:
+        return new.sm_clock_mhz == old.sm_clock_mhz
+    return new.sm_clock_mhz >= old.sm_clock_mhz
+
+
 @dataclass(frozen=True)
 class PeakWindow:
     """Power readings gathered since a window opened, reduced to their maximum.

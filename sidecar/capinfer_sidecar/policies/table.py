@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from capinfer_sidecar.policies.base import Knobs, Observation
+from capinfer_sidecar.policies.observe import not_lower
 
 PEAKS_KEPT = 50
 """Readings kept per pair: 5 s at the default 0.1 s sample interval."""
@@ -71,7 +72,6 @@ class Cell:
     peaks_watts: deque[float] = field(default_factory=lambda: deque(maxlen=PEAKS_KEPT))
     last_seen_s: float = -1.0
     last_steady_s: float = -1.0
-    samples: int = 0
     inferences: int = 0
     batches: int = 0
     segments: list[Segment] = field(default_factory=list)
@@ -118,26 +118,9 @@ class Cell:
             return None
         return s_ty / s_tt, span_s
 
-    def note_peak(self, watts: float, now_s: float) -> None:
-        """A reading attributed to this pair (possibly from a mixed interval)."""
-        self.peaks_watts.append(watts)
-
-    def add_reading(self, watts: float, now_s: float) -> None:
-        """A reading from a sample this pair served from start to end."""
-        self.note_peak(watts, now_s)
-        self.samples += 1
-
 
 def _key(knobs: Knobs) -> tuple[int, int | None]:
     return (knobs.batch_size, knobs.sm_clock_mhz)
-
-
-def _not_lower(new: Knobs, old: Knobs) -> bool:
-    if new.batch_size < old.batch_size:
-        return False
-    if new.sm_clock_mhz is None or old.sm_clock_mhz is None:
-        return new.sm_clock_mhz == old.sm_clock_mhz
-    return new.sm_clock_mhz >= old.sm_clock_mhz
 
 
 class PlantTable:
@@ -204,8 +187,8 @@ class PlantTable:
             # Part of this interval ran on the old settings. After a move up (nothing lower),
             # the reading still bounds the new pair's peak from above (power only grows with
             # either knob), so keep it: a hot pair is remembered from its first sample.
-            if _not_lower(observation.applied, previous.applied):
-                cell.note_peak(observation.power_watts, observation.now_s)
+            if not_lower(observation.applied, previous.applied):
+                cell.peaks_watts.append(observation.power_watts)
                 cell.last_seen_s = observation.now_s
             return None
         if completed > 0:
@@ -223,7 +206,7 @@ class PlantTable:
             cell.segments[-1].add(observation.now_s, observation.inferences_completed)
         if cell.last_steady_s == previous.now_s:
             self._note_difference(cell, observation.power_watts)
-        cell.add_reading(observation.power_watts, observation.now_s)
+        cell.peaks_watts.append(observation.power_watts)
         cell.last_seen_s = observation.now_s
         cell.last_steady_s = observation.now_s
         cell.inferences += observation.inferences_completed - previous.inferences_completed
