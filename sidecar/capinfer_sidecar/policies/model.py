@@ -10,8 +10,11 @@ Throughput: a batch takes ``fixed + per_item * b ** e`` seconds at the top clock
 measured batch sizes; a share ``phi`` of that time scales with ``1 / clock`` and the rest
 (host-side preparation, launches) does not. ``phi`` is learned from two clocks at one batch size.
 
-A *cautious* power estimate, used to enter pairs never seen, leans high: steeper batch-size
-extrapolation and a few per cent on top, so that the first samples there are under the cap.
+Estimates lean (:class:`Lean`): the *central* best guess bends the batch-size slope down
+beyond the measured batch sizes (power flattens as the GPU fills up); a *hopeful* one, used to
+decide whether a batch size is worth a try, bends it further; a *cautious* one, used to enter a
+pair never seen, keeps it steeper and adds a few per cent, so that the first samples there are
+under the cap.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class ModelPriors:
     kappa_margin: float = 0.1
     """How far leaning estimates bend the batch-size slope."""
     cautious_fraction: float = 0.03
+    """What a cautious estimate adds on top."""
     min_samples: int = 3
     """Readings a pair needs before its peak is trusted as measured."""
     min_batches: int = 2

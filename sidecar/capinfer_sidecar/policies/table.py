@@ -1,9 +1,11 @@
 """What the GPU was seen to do at each (batch size, clock) pair, learned online.
 
 Every sample belongs to the settings that served during its whole interval; the sample right
-after a change is left out of the statistics, since part of it ran on the old settings. Per
-pair the table keeps the recent peak-power readings (the highest is what the cap has to allow),
-the spread of the readings (noise), and the inferences completed over time (throughput).
+after a change is left out of the statistics, since part of it ran on the old settings (and so
+are samples while a batch formed under an old max batch size still runs, and samples under
+light load). Per pair the table keeps the recent peak-power readings (their 90th percentile is
+what the cap has to allow), the inferences completed over time (throughput), and the peak it
+was last left for, as too hot. Across pairs it learns the sensor noise.
 """
 
 from __future__ import annotations
