@@ -7,6 +7,7 @@ an owner reference, and the garbage collector removes them with the object.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -51,6 +52,7 @@ from capinfer_operator.status import (
 
 SIDECAR_IMAGE_ENV = "CAPINFER_SIDECAR_IMAGE"
 RETRY_DELAY_S = 5
+HANDLER_THREADS = 16
 FORBIDDEN_RETRY_DELAY_S = 60
 MANAGED_BY = "app.kubernetes.io/managed-by=capinfer"
 OWNER_LABEL = "capinfer.io/inference"
@@ -77,7 +79,11 @@ def configure(
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    memo["applier"] = Applier(client.ApiClient())
+    configuration = client.Configuration.get_default_copy()
+    # One kept-alive connection per handler thread: a connection dropped from a full pool
+    # costs a new TLS handshake, which dominated the operator's CPU under a burst.
+    configuration.connection_pool_maxsize = HANDLER_THREADS
+    memo["applier"] = Applier(client.ApiClient(configuration))
     # Progress and the last-handled spec go into annotations: status stays ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -87,6 +93,9 @@ def configure(
     # Warnings and errors become Events; the Normal ones are posted on purpose below, not
     # one per handler run.
     settings.posting.level = logging.WARNING
+    # Handlers mostly wait on the API server: more threads than cores keeps a burst of
+    # objects moving.
+    settings.execution.max_workers = HANDLER_THREADS
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # Only the Deployments capinfer manages, filtered by the API server, not after the fact.
@@ -159,13 +168,18 @@ def _read_deployment(the_applier: Applier, target: Target) -> dict[str, Any] | N
         retry_or_reject(error, f"reading Deployment {target.child_name}")
 
 
-def apply_children(the_applier: Applier, owner: kopf.Body, children: list[Manifest]) -> None:
+def apply_children(
+    the_applier: Applier, owner: kopf.Body, children: list[Manifest]
+) -> dict[str, dict[str, Any]]:
+    """Adopt and apply each child in order; answer them as applied, by kind."""
+    applied: dict[str, dict[str, Any]] = {}
     for child in children:
         kopf.adopt(child, owner=owner)
         try:
-            the_applier.apply(child)
+            applied[child["kind"]] = the_applier.apply(child)
         except ApiException as error:
             retry_or_reject(error, f"applying {child['kind']} {child['metadata']['name']}")
+    return applied
 
 
 def _announce(
@@ -225,7 +239,7 @@ def reconcile(
         )
     before = _read_deployment(the_applier, target)
     try:
-        apply_children(the_applier, body, children)
+        applied = apply_children(the_applier, body, children)
     except NamespaceGoingError:
         logger.debug("namespace %s is being deleted: nothing to apply", namespace)
         return
@@ -240,10 +254,10 @@ def reconcile(
         )
     # With field="spec", an update's ``old`` is the previous spec.
     old_spec = old if reason == kopf.Reason.UPDATE and isinstance(old, Mapping) else None
-    _announce(body, before, children[-1], old_spec, spec)
-    deployment = _read_deployment(the_applier, target)
+    rendered = next(c for c in children if c["kind"] == "Deployment")
+    _announce(body, before, rendered, old_spec, spec)
     counts, ready = readiness(
-        DeploymentState.from_deployment(deployment) if deployment else None,
+        DeploymentState.from_deployment(applied["Deployment"]),
         int(spec.get("replicas", 1)),
         generation,
         now(),
@@ -265,8 +279,51 @@ def reconcile(
 
 
 # -- the Deployment moved ---------------------------------------------------------------------
-def _restore(the_applier: Applier, owner: dict[str, Any], logger: kopf.Logger) -> None:
-    """Someone deleted the Deployment while its owner lives: apply the children again."""
+InferenceKey = tuple[str, str]
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def inferences(
+    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[InferenceKey, dict[str, Any]]:
+    """Every object as last seen, kept from the watch: a Deployment's owner without a GET."""
+    metadata = body.get("metadata", {})
+    return {
+        (namespace or "", name): {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "metadata": {
+                key: copy.deepcopy(metadata[key])
+                for key in ("name", "namespace", "uid", "generation", "labels", "deletionTimestamp")
+                if key in metadata
+            },
+            "spec": copy.deepcopy(dict(body.get("spec", {}))),
+            "status": copy.deepcopy(dict(body.get("status", {}))),
+        }
+    }
+
+
+def _owner(
+    index: kopf.Index[InferenceKey, dict[str, Any]], key: InferenceKey
+) -> dict[str, Any] | None:
+    for found in index.get(key, []):
+        return found
+    return None
+
+
+def _restore_if_owned(the_applier: Applier, namespace: str, name: str, logger: kopf.Logger) -> None:
+    """Someone deleted the Deployment while its owner lives: apply the children again.
+
+    The owner is read from the API, not the index: the index may not have heard yet that
+    the owner is gone, and children of a gone owner would only be collected again.
+    """
+    try:
+        owner = the_applier.read_inference(namespace, name)
+    except ApiException as error:
+        logger.warning("reading %s: %s", name, api_message(error))
+        return
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
     metadata = owner["metadata"]
     target = Target(name=metadata["name"], namespace=metadata["namespace"])
     try:
@@ -291,22 +348,19 @@ def deployment_changed(
     namespace: str | None,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """A managed Deployment moved: carry its replica counts to the owner's status."""
     owner_name = labels.get(OWNER_LABEL)
     if not owner_name or namespace is None:
         return
     the_applier = applier(memo)
-    try:
-        owner = the_applier.read_inference(namespace, owner_name)
-    except ApiException as error:
-        logger.warning("reading %s: %s", owner_name, api_message(error))
-        return
+    index: kopf.Index[InferenceKey, dict[str, Any]] = kwargs["inferences"]  # kopf passes it
+    owner = _owner(index, (namespace, owner_name))
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return  # the owner is going: the garbage collector takes its children
     if type == "DELETED":
-        _restore(the_applier, owner, logger)
+        _restore_if_owned(the_applier, namespace, owner_name, logger)
         return
     generation = int(owner["metadata"].get("generation", 0))
     desired = int(owner.get("spec", {}).get("replicas", 1))

@@ -27,7 +27,6 @@ class Applier:
     """Applies manifests with one field manager, forcing ownership of what it sets."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
-        self._client = api_client
         self._apps = client.AppsV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._rbac = client.RbacAuthorizationV1Api(api_client)
@@ -46,16 +45,22 @@ class Applier:
             raise ValueError(f"cannot apply a {kind}")
         return patchers[kind]
 
-    def apply(self, manifest: Manifest) -> None:
+    def apply(self, manifest: Manifest) -> dict[str, Any]:
+        """Apply, and answer the object as the API server now holds it."""
         metadata = manifest["metadata"]
-        self._patcher(manifest)(
+        response = self._patcher(manifest)(
             metadata["name"],
             metadata["namespace"],
             manifest,
             field_manager=FIELD_MANAGER,
             force=True,
             _content_type=APPLY,
+            # Plain JSON: building the client's models from an answer costs more CPU than
+            # the whole request.
+            _preload_content=False,
         )
+        applied: dict[str, Any] = json.loads(response.data)
+        return applied
 
     def apply_status(self, namespace: str, name: str, status: dict[str, Any], concern: str) -> None:
         """Apply status fields under a field manager per concern.
@@ -69,17 +74,20 @@ class Applier:
             "metadata": {"name": name, "namespace": namespace},
             "status": status,
         }
-        self._custom.patch_namespaced_custom_object_status(
+        response = self._custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, body,
             field_manager=f"{FIELD_MANAGER}/{concern}", force=True, _content_type=APPLY,
+            _preload_content=False,
         )  # fmt: skip
+        _drain(response)
 
     def patch_status(self, namespace: str, name: str, operations: list[dict[str, Any]]) -> None:
         """A JSON patch on the status: removes what other field managers wrote."""
-        self._custom.patch_namespaced_custom_object_status(
+        response = self._custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, operations,
-            field_manager=FIELD_MANAGER, _content_type=JSON_PATCH,
+            field_manager=FIELD_MANAGER, _content_type=JSON_PATCH, _preload_content=False,
         )  # fmt: skip
+        _drain(response)
 
     def read_inference(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The PowerCappedInference, or None when it is gone."""
@@ -96,15 +104,21 @@ class Applier:
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Deployment as the API serves it (camelCase keys), or None when absent."""
         try:
-            deployment = self._apps.read_namespaced_deployment(name, namespace)
+            response: Any = self._apps.read_namespaced_deployment(
+                name, namespace, _preload_content=False
+            )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        found: dict[str, Any] = self._client.sanitize_for_serialization(  # type: ignore[no-untyped-call]
-            deployment
-        )
+        found: dict[str, Any] = json.loads(response.data)
         return found
+
+
+def _drain(response: Any) -> None:
+    """Read an unparsed answer to its end: only then does its connection go back to the
+    pool (an unread one is dropped, and the next request pays a new TLS handshake)."""
+    response.read()
 
 
 def template_hash_of(deployment: dict[str, Any] | None) -> str | None:
