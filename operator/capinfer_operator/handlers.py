@@ -65,6 +65,7 @@ FORBIDDEN_RETRY_DELAY_S = 60
 MANAGED_BY = "app.kubernetes.io/managed-by=capinfer"
 OWNER_LABEL = "capinfer.io/inference"
 
+log = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 
@@ -88,9 +89,9 @@ def configure(
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     configuration = client.Configuration.get_default_copy()
-    # One kept-alive connection per thread that calls the API: one dropped from a full pool
+    # One kept-alive connection per handler thread: a connection dropped from a full pool
     # costs a new TLS handshake, which dominated the operator's CPU under a burst.
-    configuration.connection_pool_maxsize = HANDLER_THREADS + STATUS_THREADS
+    configuration.connection_pool_maxsize = HANDLER_THREADS
     memo["applier"] = Applier(client.ApiClient(configuration))
     memo["status_threads"] = ThreadPoolExecutor(STATUS_THREADS, thread_name_prefix="status")
     # Progress and the last-handled spec go into annotations: status stays ours alone.
