@@ -1,26 +1,19 @@
 """kopf handlers: parse, build, adopt, apply. The decisions live in the pure modules.
 
-The blocking official client never runs on the event loop. The reconciling handlers are
-synchronous, so kopf runs them in its thread pool; the event handlers that only carry state
-into the status are async and write through a small pool of their own, so a burst of new
-objects queued for the first pool never holds back a Ready that is already true. Deletion
-needs no handler: every child carries an owner reference, and the garbage collector removes
-them with the object.
+Handlers are synchronous on purpose: kopf runs them in its thread pool, so the blocking
+official client never stalls the event loop. Deletion needs no handler: every child carries
+an owner reference, and the garbage collector removes them with the object.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import copy
-import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import kopf
 from kubernetes import client, config
@@ -60,13 +53,11 @@ from capinfer_operator.status import (
 SIDECAR_IMAGE_ENV = "CAPINFER_SIDECAR_IMAGE"
 RETRY_DELAY_S = 5
 HANDLER_THREADS = 16
-STATUS_THREADS = 4
 FORBIDDEN_RETRY_DELAY_S = 60
 MANAGED_BY = "app.kubernetes.io/managed-by=capinfer"
 OWNER_LABEL = "capinfer.io/inference"
 
 log = logging.getLogger(__name__)
-Result = TypeVar("Result")
 
 
 def now() -> str:
@@ -93,7 +84,6 @@ def configure(
     # costs a new TLS handshake, which dominated the operator's CPU under a burst.
     configuration.connection_pool_maxsize = HANDLER_THREADS
     memo["applier"] = Applier(client.ApiClient(configuration))
-    memo["status_threads"] = ThreadPoolExecutor(STATUS_THREADS, thread_name_prefix="status")
     # Progress and the last-handled spec go into annotations: status stays ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -112,28 +102,6 @@ def configure(
     settings.watching.label_selectors["apps", "deployments"] = MANAGED_BY
     logger.info("capinfer operator configured; default sidecar image %r",
                 os.environ.get(SIDECAR_IMAGE_ENV, ""))  # fmt: skip
-
-
-@kopf.on.cleanup()
-def release(*, memo: kopf.Memo, **_: Any) -> None:
-    threads = memo.get("status_threads")
-    if isinstance(threads, ThreadPoolExecutor):
-        threads.shutdown(wait=False, cancel_futures=True)
-
-
-async def in_status_thread(memo: kopf.Memo, call: Callable[..., Result], *args: Any) -> Result:
-    """Run a blocking status write on the status pool, off the event loop.
-
-    In kopf's context (its settings, the handler's cause): kopf.event and kopf.adopt read
-    them from context variables, which a plain executor does not carry over.
-    """
-    threads = memo.get("status_threads")
-    if not isinstance(threads, ThreadPoolExecutor):
-        raise kopf.TemporaryError("the status pool is not configured yet", delay=1)
-    context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(
-        threads, functools.partial(context.run, call, *args)
-    )
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -372,7 +340,7 @@ def _restore_if_owned(the_applier: Applier, namespace: str, name: str, logger: k
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "capinfer"})
-async def deployment_changed(
+def deployment_changed(
     *,
     type: str,
     body: kopf.Body,
@@ -392,7 +360,7 @@ async def deployment_changed(
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return  # the owner is going: the garbage collector takes its children
     if type == "DELETED":
-        await in_status_thread(memo, _restore_if_owned, the_applier, namespace, owner_name, logger)
+        _restore_if_owned(the_applier, namespace, owner_name, logger)
         return
     generation = int(owner["metadata"].get("generation", 0))
     desired = int(owner.get("spec", {}).get("replicas", 1))
@@ -403,14 +371,13 @@ async def deployment_changed(
     same_counts = all(current.get(k) == v for k, v in counts.items())
     if same_counts and conditions_already_set(updated, existing):
         return
-    update = {**counts, "conditions": updated}
-    await in_status_thread(memo, _set_status, memo, namespace, owner_name, update, "replicas")
+    _set_status(memo, namespace, owner_name, {**counts, "conditions": updated}, "replicas")
     logger.debug("%s: %s", owner_name, ready["message"])
 
 
 # -- the sidecars reported --------------------------------------------------------------------
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def sidecar_reports(
+def sidecar_reports(
     *,
     type: str,
     name: str,
@@ -427,9 +394,8 @@ async def sidecar_reports(
         return
     pods = [dict(p) for p in status.get("pods", [])]
     if stale := stale_pods(pods, datetime.now(UTC)):
-        patch = removal_patch(pods, stale)
         try:
-            await in_status_thread(memo, applier(memo).patch_status, namespace, name, patch)
+            applier(memo).patch_status(namespace, name, removal_patch(pods, stale))
         except ApiException as error:
             # 422: the list changed meanwhile (the guarded patch refused); the next event
             # brings the new list.
@@ -448,6 +414,5 @@ async def sidecar_reports(
     since_s = None if written_s is None else time.monotonic() - float(written_s)
     if not numbers_due(status, fields, not conditions_already_set(updated, existing), since_s):
         return  # nothing new (or only numbers, written moments ago)
-    update = {**fields, "conditions": updated}
+    _set_status(memo, namespace, name, {**fields, "conditions": updated}, "pods")
     memo["numbers_written_s"] = time.monotonic()
-    await in_status_thread(memo, _set_status, memo, namespace, name, update, "pods")
