@@ -1,19 +1,26 @@
 """kopf handlers: parse, build, adopt, apply. The decisions live in the pure modules.
 
-Handlers are synchronous on purpose: kopf runs them in its thread pool, so the blocking
-official client never stalls the event loop. Deletion needs no handler: every child carries
-an owner reference, and the garbage collector removes them with the object.
+The blocking official client never runs on the event loop. The reconciling handlers are
+synchronous, so kopf runs them in its thread pool; the event handlers that only carry state
+into the status are async and write through a small pool of their own, so a burst of new
+objects queued for the first pool never holds back a Ready that is already true. Deletion
+needs no handler: every child carries an owner reference, and the garbage collector removes
+them with the object.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import copy
+import functools
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import kopf
 from kubernetes import client, config
@@ -53,11 +60,12 @@ from capinfer_operator.status import (
 SIDECAR_IMAGE_ENV = "CAPINFER_SIDECAR_IMAGE"
 RETRY_DELAY_S = 5
 HANDLER_THREADS = 16
+STATUS_THREADS = 4
 FORBIDDEN_RETRY_DELAY_S = 60
 MANAGED_BY = "app.kubernetes.io/managed-by=capinfer"
 OWNER_LABEL = "capinfer.io/inference"
 
-log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 
 def now() -> str:
@@ -80,10 +88,11 @@ def configure(
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     configuration = client.Configuration.get_default_copy()
-    # One kept-alive connection per handler thread: a connection dropped from a full pool
+    # One kept-alive connection per thread that calls the API: one dropped from a full pool
     # costs a new TLS handshake, which dominated the operator's CPU under a burst.
-    configuration.connection_pool_maxsize = HANDLER_THREADS
+    configuration.connection_pool_maxsize = HANDLER_THREADS + STATUS_THREADS
     memo["applier"] = Applier(client.ApiClient(configuration))
+    memo["status_threads"] = ThreadPoolExecutor(STATUS_THREADS, thread_name_prefix="status")
     # Progress and the last-handled spec go into annotations: status stays ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -102,6 +111,28 @@ def configure(
     settings.watching.label_selectors["apps", "deployments"] = MANAGED_BY
     logger.info("capinfer operator configured; default sidecar image %r",
                 os.environ.get(SIDECAR_IMAGE_ENV, ""))  # fmt: skip
+
+
+@kopf.on.cleanup()
+def release(*, memo: kopf.Memo, **_: Any) -> None:
+    threads = memo.get("status_threads")
+    if isinstance(threads, ThreadPoolExecutor):
+        threads.shutdown(wait=False, cancel_futures=True)
+
+
+async def in_status_thread(memo: kopf.Memo, call: Callable[..., Result], *args: Any) -> Result:
+    """Run a blocking status write on the status pool, off the event loop.
+
+    In kopf's context (its settings, the handler's cause): kopf.event and kopf.adopt read
+    them from context variables, which a plain executor does not carry over.
+    """
+    threads = memo.get("status_threads")
+    if not isinstance(threads, ThreadPoolExecutor):
+        raise kopf.TemporaryError("the status pool is not configured yet", delay=1)
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(
+        threads, functools.partial(context.run, call, *args)
+    )
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -340,7 +371,7 @@ def _restore_if_owned(the_applier: Applier, namespace: str, name: str, logger: k
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "capinfer"})
-def deployment_changed(
+async def deployment_changed(
     *,
     type: str,
     body: kopf.Body,
@@ -360,7 +391,7 @@ def deployment_changed(
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return  # the owner is going: the garbage collector takes its children
     if type == "DELETED":
-        _restore_if_owned(the_applier, namespace, owner_name, logger)
+        await in_status_thread(memo, _restore_if_owned, the_applier, namespace, owner_name, logger)
         return
     generation = int(owner["metadata"].get("generation", 0))
     desired = int(owner.get("spec", {}).get("replicas", 1))
@@ -371,13 +402,14 @@ def deployment_changed(
     same_counts = all(current.get(k) == v for k, v in counts.items())
     if same_counts and conditions_already_set(updated, existing):
         return
-    _set_status(memo, namespace, owner_name, {**counts, "conditions": updated}, "replicas")
+    update = {**counts, "conditions": updated}
+    await in_status_thread(memo, _set_status, memo, namespace, owner_name, update, "replicas")
     logger.debug("%s: %s", owner_name, ready["message"])
 
 
 # -- the sidecars reported --------------------------------------------------------------------
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def sidecar_reports(
+async def sidecar_reports(
     *,
     type: str,
     name: str,
@@ -394,8 +426,9 @@ def sidecar_reports(
         return
     pods = [dict(p) for p in status.get("pods", [])]
     if stale := stale_pods(pods, datetime.now(UTC)):
+        patch = removal_patch(pods, stale)
         try:
-            applier(memo).patch_status(namespace, name, removal_patch(pods, stale))
+            await in_status_thread(memo, applier(memo).patch_status, namespace, name, patch)
         except ApiException as error:
             # 422: the list changed meanwhile (the guarded patch refused); the next event
             # brings the new list.
@@ -414,5 +447,6 @@ def sidecar_reports(
     since_s = None if written_s is None else time.monotonic() - float(written_s)
     if not numbers_due(status, fields, not conditions_already_set(updated, existing), since_s):
         return  # nothing new (or only numbers, written moments ago)
-    _set_status(memo, namespace, name, {**fields, "conditions": updated}, "pods")
+    update = {**fields, "conditions": updated}
     memo["numbers_written_s"] = time.monotonic()
+    await in_status_thread(memo, _set_status, memo, namespace, name, update, "pods")

@@ -132,7 +132,7 @@ def test_create_deploys_children_that_become_ready(
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     assert status["selector"] == "capinfer.io/inference=resnet"
     assert condition(status, "Ready")["reason"] == "PodsReady"
-    assert "Created" in event_reasons(cluster, namespace, "resnet")
+    wait_for("a Created event", lambda: "Created" in event_reasons(cluster, namespace, "resnet"))
 
 
 def test_printer_columns_and_the_scale_subresource(
@@ -197,7 +197,8 @@ def test_a_power_change_does_not_roll_pods_but_an_image_change_does(
     )
     assert len(replica_sets(cluster, namespace, "bert")) == 2
     wait_for("Ready for generation 3", lambda: is_ready(cluster, namespace, "bert", generation=3))
-    assert "RollingOut" in event_reasons(cluster, namespace, "bert")
+    wait_for("a RollingOut event", lambda: "RollingOut" in event_reasons(
+        cluster, namespace, "bert"))  # fmt: skip
 
 
 def test_a_deleted_deployment_comes_back(
@@ -214,7 +215,8 @@ def test_a_deleted_deployment_comes_back(
 
     wait_for("a new Deployment", recreated)
     wait_for("Ready again", lambda: is_ready(cluster, namespace, "phoenix"))
-    assert "Recreated" in event_reasons(cluster, namespace, "phoenix")
+    wait_for("a Recreated event", lambda: "Recreated" in event_reasons(
+        cluster, namespace, "phoenix"))  # fmt: skip
 
 
 def test_restarting_the_operator_midway_creates_no_duplicates(
@@ -413,8 +415,9 @@ def test_specs_the_operator_cannot_honour_are_reported_not_retried(
     assert get_json(cluster, "deploy", "conflict", "-n", namespace) is None
     unmountable_ready = condition(status_of(cluster, namespace, "unmountable"), "Ready")
     assert "hostPath.path" in unmountable_ready["message"]
-    assert "InvalidSpec" in event_reasons(cluster, namespace, "conflict")
-    assert "ApplyRejected" in event_reasons(cluster, namespace, "unmountable")
+    for name, reason in [("conflict", "InvalidSpec"), ("unmountable", "ApplyRejected")]:
+        wait_for(f"a {reason} event", lambda n=name, r=reason: r in event_reasons(
+            cluster, namespace, n))  # fmt: skip
 
     # Not retried: the handler gave up on this generation for good.
     log = restricted_operator.log_text()
