@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from apirefusals import refusals_in
 from capinfer.localcluster.cluster import LocalCluster
 from capinfer_operator.builders import Target, build_service
 
@@ -177,10 +178,7 @@ def test_operator_with_the_charts_rbac_deploys_the_sample(
             # Deleted while the operator runs, so any finalizer of its own is released.
             cluster.kubectl("delete", "pci", name, "-n", namespace, "--timeout=120s")
             output = log.read_text()
-        refusals = [
-            line for line in output.splitlines()
-            if "403" in line or "Forbidden" in line or "Not enough permissions" in line
-        ]  # fmt: skip
+        refusals = refusals_in(output)
         assert refusals == [], "\n".join(refusals)
     finally:
         # After a failure: no finalizer may keep the namespace from being deleted.

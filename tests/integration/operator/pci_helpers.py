@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from apirefusals import refusals_in
 from capinfer.localcluster.cluster import LocalCluster
 
 
@@ -55,7 +56,6 @@ def inference(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "helm" / "capinfer"
 RENDER_KUBE_VERSION = "1.34.0"
-REFUSAL_MARKS = ("Forbidden", "forbidden", "Not enough permissions", "not permitted")
 
 
 def free_port() -> int:
@@ -116,14 +116,7 @@ class OperatorUnderTest:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def refusals(self, since_char: int = 0) -> list[str]:
-        text = self.log_text()[since_char:]
-        # A namespace being deleted refuses new content (events too) with a 403 that says
-        # nothing about the operator's permissions.
-        return [
-            line
-            for line in text.splitlines()
-            if any(m in line for m in REFUSAL_MARKS) and "being terminated" not in line
-        ]
+        return refusals_in(self.log_text()[since_char:])
 
 
 def render_operator_rbac(cluster: LocalCluster, release: str, namespace: str) -> str:
