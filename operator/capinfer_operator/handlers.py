@@ -45,13 +45,13 @@ from capinfer_operator.kube import (
     namespace_terminating,
     template_hash_of,
 )
+from capinfer_operator.replicabook import ObjectKey, ReplicaBook, SpecSeen
 from capinfer_operator.status import (
     DeploymentState,
     aggregate_pods,
     condition,
     conditions_already_set,
     numbers_due,
-    readiness,
     removal_patch,
     stale_pods,
     updated_conditions,
@@ -65,6 +65,7 @@ FORBIDDEN_RETRY_DELAY_S = 60
 MANAGED_BY = "app.kubernetes.io/managed-by=capinfer"
 OWNER_LABEL = "capinfer.io/inference"
 
+log = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 
@@ -93,6 +94,7 @@ def configure(
     configuration.connection_pool_maxsize = HANDLER_THREADS + STATUS_THREADS
     memo["applier"] = Applier(client.ApiClient(configuration))
     memo["status_threads"] = ThreadPoolExecutor(STATUS_THREADS, thread_name_prefix="status")
+    memo["replica_book"] = ReplicaBook()
     # Progress and the last-handled spec go into annotations: status stays ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -118,6 +120,13 @@ def release(*, memo: kopf.Memo, **_: Any) -> None:
     threads = memo.get("status_threads")
     if isinstance(threads, ThreadPoolExecutor):
         threads.shutdown(wait=False, cancel_futures=True)
+
+
+def replica_book(memo: kopf.Memo) -> ReplicaBook:
+    found = memo.get("replica_book")
+    if not isinstance(found, ReplicaBook):
+        raise kopf.TemporaryError("the replica book is not configured yet", delay=1)
+    return found
 
 
 async def in_status_thread(memo: kopf.Memo, call: Callable[..., Result], *args: Any) -> Result:
@@ -147,7 +156,8 @@ class NamespaceGoingError(Exception):
 def retry_or_reject(error: ApiException, doing: str) -> NoReturn:
     """Transient trouble and missing permissions retry later; anything else is a rejection."""
     if namespace_terminating(error):
-        raise NamespaceGoingError(doing) from error
+        # The API server's words name the namespace: a log reader can tell this 403 apart.
+        raise NamespaceGoingError(f"{doing}: {api_message(error)}") from error
     if is_transient(error):
         raise kopf.TemporaryError(f"{doing}: {api_message(error)}", delay=RETRY_DELAY_S) from error
     if error.status in (401, 403):
@@ -161,13 +171,52 @@ def retry_or_reject(error: ApiException, doing: str) -> NoReturn:
 
 def _set_status(
     memo: kopf.Memo, namespace: str, name: str, status: dict[str, Any], concern: str
-) -> None:
+) -> bool:
+    """Apply status fields; False when there is no object left to report on."""
     try:
         applier(memo).apply_status(namespace, name, status, concern)
     except ApiException as error:
         if error.status == 404:
-            return  # the object is gone; nothing to report on
-        retry_or_reject(error, "updating the status")
+            return False  # the object is gone; nothing to report on
+        try:
+            retry_or_reject(error, "updating the status")
+        except NamespaceGoingError as going:
+            log.debug("%s/%s: %s", namespace, name, going)
+            return False
+    return True
+
+
+def selector_of(key: ObjectKey) -> str:
+    """The pods' label selector, as the scale subresource reports it."""
+    namespace, name = key
+    return ",".join(
+        f"{k}={v}" for k, v in Target(name=name, namespace=namespace).selector().items()
+    )
+
+
+def publish_replicas(
+    memo: kopf.Memo,
+    key: ObjectKey,
+    existing_conditions: list[dict[str, Any]],
+    *,
+    spec: SpecSeen | None = None,
+    handled: bool = False,
+    deployment: DeploymentState | None = None,
+    from_watch: bool = False,
+) -> None:
+    """Record what the caller saw, then write the object's replica counts and Ready as the
+    book now holds them (see :mod:`capinfer_operator.replicabook`)."""
+    with replica_book(memo).holding(key) as record:
+        if spec is not None:
+            record.learn_spec(spec, handled=handled)
+        if deployment is not None:
+            record.learn_deployment(deployment, from_watch=from_watch)
+        update = record.status_due(existing_conditions, now())
+        if update is None:
+            return
+        namespace, name = key
+        if _set_status(memo, namespace, name, update, "replicas"):
+            record.mark_written(update)
 
 
 def _refuse(
@@ -181,12 +230,14 @@ def _refuse(
 ) -> NoReturn:
     """Ready=False with the reason, a Warning event, and no retries of this generation."""
     target = body["metadata"]
+    key = (target["namespace"], target["name"])
     ready = condition("Ready", False, reason, message, generation=generation, now=now())
-    invalid = {
-        "observedGeneration": generation,
-        "conditions": updated_conditions(existing, [ready]),
-    }
-    _set_status(memo, target["namespace"], target["name"], invalid, "spec")
+    _set_status(
+        memo, *key, {"observedGeneration": generation, "selector": selector_of(key)}, "spec"
+    )
+    replicas = int(body.get("spec", {}).get("replicas", 1))
+    refused = SpecSeen(generation=generation, replicas=replicas, refusal=ready)
+    publish_replicas(memo, key, existing, spec=refused, handled=True)
     kopf.warn(body, reason=reason, message=message)
     raise kopf.PermanentError(message)
 
@@ -271,8 +322,8 @@ def reconcile(
     before = _read_deployment(the_applier, target)
     try:
         applied = apply_children(the_applier, body, children)
-    except NamespaceGoingError:
-        logger.debug("namespace %s is being deleted: nothing to apply", namespace)
+    except NamespaceGoingError as error:
+        logger.debug("nothing to apply: %s", error)
         return
     except ChildRejectedError as error:
         _refuse(
@@ -287,24 +338,15 @@ def reconcile(
     old_spec = old if reason == kopf.Reason.UPDATE and isinstance(old, Mapping) else None
     rendered = next(c for c in children if c["kind"] == "Deployment")
     _announce(body, before, rendered, old_spec, spec)
-    counts, ready = readiness(
-        DeploymentState.from_deployment(applied["Deployment"]),
-        int(spec.get("replicas", 1)),
-        generation,
-        now(),
-    )
-    selector = ",".join(f"{k}={v}" for k, v in target.selector().items())
-    _set_status(
+    spec_fields = {"observedGeneration": generation, "selector": selector_of((namespace, name))}
+    _set_status(memo, namespace, name, spec_fields, "spec")
+    publish_replicas(
         memo,
-        namespace,
-        name,
-        {
-            "observedGeneration": generation,
-            "selector": selector,
-            **counts,
-            "conditions": updated_conditions(existing, [ready]),
-        },
-        "spec",
+        (namespace, name),
+        existing,
+        spec=SpecSeen(generation=generation, replicas=int(spec.get("replicas", 1))),
+        handled=True,
+        deployment=DeploymentState.from_deployment(applied["Deployment"]),
     )
     logger.info("applied %s", ", ".join(f"{c['kind']}/{c['metadata']['name']}" for c in children))
 
@@ -393,18 +435,20 @@ async def deployment_changed(
     if type == "DELETED":
         await in_status_thread(memo, _restore_if_owned, the_applier, namespace, owner_name, logger)
         return
-    generation = int(owner["metadata"].get("generation", 0))
-    desired = int(owner.get("spec", {}).get("replicas", 1))
-    counts, ready = readiness(DeploymentState.from_deployment(body), desired, generation, now())
-    current = owner.get("status", {})
-    existing = list(current.get("conditions", []))
-    updated = updated_conditions(existing, [ready])
-    same_counts = all(current.get(k) == v for k, v in counts.items())
-    if same_counts and conditions_already_set(updated, existing):
-        return
-    update = {**counts, "conditions": updated}
-    await in_status_thread(memo, _set_status, memo, namespace, owner_name, update, "replicas")
-    logger.debug("%s: %s", owner_name, ready["message"])
+    # The index's copy of the owner may be older than what reconcile last handled: the
+    # book keeps whichever generation is newer.
+    seen = SpecSeen(
+        generation=int(owner["metadata"].get("generation", 0)),
+        replicas=int(owner.get("spec", {}).get("replicas", 1)),
+    )
+    existing = list(owner.get("status", {}).get("conditions", []))
+    await in_status_thread(
+        memo,
+        functools.partial(
+            publish_replicas, memo, (namespace, owner_name), existing, spec=seen,
+            deployment=DeploymentState.from_deployment(body), from_watch=True,
+        ),
+    )  # fmt: skip
 
 
 # -- the sidecars reported --------------------------------------------------------------------
@@ -422,7 +466,14 @@ async def sidecar_reports(
     **_: Any,
 ) -> None:
     """The sidecars wrote their entries: keep totals and CapMet/ClockControl current."""
-    if type == "DELETED" or namespace is None or meta.get("deletionTimestamp"):
+    if namespace is None:
+        return
+    written: dict[ObjectKey, float] = memo.setdefault("numbers_written_s", {})
+    if type == "DELETED":
+        replica_book(memo).forget((namespace, name))
+        written.pop((namespace, name), None)
+        return
+    if meta.get("deletionTimestamp"):
         return
     pods = [dict(p) for p in status.get("pods", [])]
     if stale := stale_pods(pods, datetime.now(UTC)):
@@ -443,10 +494,11 @@ async def sidecar_reports(
     )
     existing = list(status.get("conditions", []))
     updated = updated_conditions(existing, conditions)
-    written_s = memo.get("numbers_written_s")
-    since_s = None if written_s is None else time.monotonic() - float(written_s)
+    # Per object; only this coroutine, on the event loop, reads and writes it.
+    written_s = written.get((namespace, name))
+    since_s = None if written_s is None else time.monotonic() - written_s
     if not numbers_due(status, fields, not conditions_already_set(updated, existing), since_s):
         return  # nothing new (or only numbers, written moments ago)
+    written[(namespace, name)] = time.monotonic()
     update = {**fields, "conditions": updated}
-    memo["numbers_written_s"] = time.monotonic()
     await in_status_thread(memo, _set_status, memo, namespace, name, update, "pods")

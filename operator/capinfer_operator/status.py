@@ -68,17 +68,30 @@ class DeploymentState:
     updated_replicas: int
     observed: bool
     """The controller has seen the Deployment's latest spec (its counts are current)."""
+    generation: int = 0
+    observed_generation: int = 0
 
     @classmethod
     def from_deployment(cls, deployment: Mapping[str, Any]) -> DeploymentState:
         """From a Deployment as the API serves it (camelCase keys)."""
         status = deployment.get("status") or {}
         generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+        observed_generation = int(status.get("observedGeneration") or 0)
         return cls(
             replicas=int(status.get("replicas") or 0),
             ready_replicas=int(status.get("readyReplicas") or 0),
             updated_replicas=int(status.get("updatedReplicas") or 0),
-            observed=int(status.get("observedGeneration") or 0) >= generation,
+            observed=observed_generation >= generation,
+            generation=generation,
+            observed_generation=observed_generation,
+        )
+
+    def later_than(self, other: DeploymentState) -> bool:
+        """Certainly a later state of the same Deployment: a newer spec, or a newer spec seen
+        by its controller. (Counts alone cannot order two states.)"""
+        return (self.generation, self.observed_generation) > (
+            other.generation,
+            other.observed_generation,
         )
 
 

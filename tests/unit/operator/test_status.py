@@ -52,7 +52,7 @@ def test_deployment_state_from_the_api_shape() -> None:
         "status": {"observedGeneration": 2, "replicas": 2, "readyReplicas": 2},
     }
     found = DeploymentState.from_deployment(served)
-    assert found == DeploymentState(2, 2, 0, observed=False)
+    assert found == DeploymentState(2, 2, 0, observed=False, generation=3, observed_generation=2)
     assert DeploymentState.from_deployment({}).observed
 
 
