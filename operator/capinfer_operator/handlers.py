@@ -14,6 +14,7 @@ import asyncio
 import contextvars
 import copy
 import functools
+import itertools
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
 import kopf
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -62,6 +64,7 @@ RETRY_DELAY_S = 5
 HANDLER_THREADS = 16
 STATUS_THREADS = 4
 FORBIDDEN_RETRY_DELAY_S = 60
+STATUS_RETRY_MAX_S = 60
 MANAGED_BY = "app.kubernetes.io/managed-by=capinfer"
 OWNER_LABEL = "capinfer.io/inference"
 
@@ -442,13 +445,23 @@ async def deployment_changed(
         replicas=int(owner.get("spec", {}).get("replicas", 1)),
     )
     existing = list(owner.get("status", {}).get("conditions", []))
-    await in_status_thread(
-        memo,
-        functools.partial(
-            publish_replicas, memo, (namespace, owner_name), existing, spec=seen,
-            deployment=DeploymentState.from_deployment(body), from_watch=True,
-        ),
+    publish = functools.partial(
+        publish_replicas, memo, (namespace, owner_name), existing, spec=seen,
+        deployment=DeploymentState.from_deployment(body), from_watch=True,
     )  # fmt: skip
+    # kopf never retries an event handler, and this event may be the Deployment's last: a
+    # failed write is retried here until it lands or the object is gone (its record then
+    # is forgotten and there is nothing left to write). Later events of this Deployment
+    # wait meanwhile and are merged, so the order of writes is kept.
+    for attempt in itertools.count():
+        try:
+            await in_status_thread(memo, publish)
+            return
+        except (kopf.TemporaryError, urllib3.exceptions.HTTPError, OSError) as error:
+            delay_s = min(STATUS_RETRY_MAX_S, RETRY_DELAY_S * 2**attempt)
+            logger.warning("writing the replica status of %s failed (%s); again in %.0f s",
+                           owner_name, error, delay_s)  # fmt: skip
+            await asyncio.sleep(delay_s)
 
 
 # -- the sidecars reported --------------------------------------------------------------------
