@@ -29,6 +29,16 @@ def wait_for(what: str, condition: Callable[[], bool], timeout_s: float = 90) ->
         time.sleep(0.25)
 
 
+def holds_for(what: str, condition: Callable[[], bool], seconds: float) -> None:
+    """The condition, true now, stays true for ``seconds`` (a slow machine checks less often;
+    it never fails because it is slow)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not condition():
+            pytest.fail(f"no longer true: {what}")
+        time.sleep(0.25)
+
+
 def get_json(cluster: LocalCluster, *args: str) -> Any:
     result = cluster.kubectl("get", *args, "-o", "json", check=False)
     return json.loads(result.stdout) if result.returncode == 0 else None

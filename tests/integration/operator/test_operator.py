@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pci_helpers import OperatorUnderTest, get_json, inference, wait_for
+from pci_helpers import OperatorUnderTest, get_json, holds_for, inference, wait_for
 
 from capinfer.localcluster.cluster import LocalCluster
 from capinfer_operator.builders import TEMPLATE_HASH_ANNOTATION, Target, build_role
@@ -148,13 +148,21 @@ def test_printer_columns_and_the_scale_subresource(
     assert row["POWER"] == ""  # no sidecar has reported
 
     cluster.kubectl("scale", "pci", "cols", "-n", namespace, "--replicas=1")
-    wait_for(
-        "the Deployment scaled to 1 and the status following",
-        lambda: (
+
+    def scaled_and_reported() -> bool:
+        status = status_of(cluster, namespace, "cols")
+        ready = condition(status, "Ready")
+        return (
             get_json(cluster, "deploy", "cols", "-n", namespace)["spec"]["replicas"] == 1
-            and status_of(cluster, namespace, "cols").get("replicas") == 1
-        ),
-    )
+            and status.get("observedGeneration") == 2
+            and status.get("replicas") == 1
+            and (ready.get("observedGeneration"), ready.get("status")) == (2, "True")
+        )
+
+    # Once the scale is handled (observedGeneration 2), no write from an older view of the
+    # Deployment may follow: the right status must be reached and must stay.
+    wait_for("the Deployment scaled to 1 and the status following", scaled_and_reported)
+    holds_for("the status to stay on one replica", scaled_and_reported, seconds=3)
     scale = json.loads(cluster.kubectl("get", "--raw", (
         f"/apis/capinfer.io/v1alpha1/namespaces/{namespace}/powercappedinferences/cols/scale"
     )).stdout)  # fmt: skip
