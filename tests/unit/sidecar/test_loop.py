@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from capinfer_sidecar.gpu.errors import GpuPermissionError
+from capinfer_sidecar.gpu.errors import GpuError, GpuLostError, GpuPermissionError
 from capinfer_sidecar.loop import (
     ControlLoop,
     LoopSnapshot,
     ServerCounters,
 )
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
+from capinfer_sidecar.reloads import ReloadGovernor
 
 SETTINGS = PowerSettings(
     cap_watts=200, batch_sizes=(1, 4, 16), clock_levels_mhz=(600, 900, 1200), band=0.8
@@ -39,8 +40,13 @@ class FakeGpu:
     clock_refused: bool = False
     locked_mhz: int | None = None
     resets: int = 0
+    power_errors: list[Exception] = field(default_factory=list)
+    """Raised by the next power reads, one each, before the readings resume."""
+    clock_errors: list[Exception] = field(default_factory=list)
 
     def power_watts(self) -> float:
+        if self.power_errors:
+            raise self.power_errors.pop(0)
         value = self.readings_watts[0] if len(self.readings_watts) == 1 else None
         if len(self.readings_watts) > 1:
             value = self.readings_watts.pop(0)
@@ -55,6 +61,8 @@ class FakeGpu:
     def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None:
         if self.clock_refused:
             raise GpuPermissionError("set locked clocks", "NO_PERMISSION")
+        if self.clock_errors:
+            raise self.clock_errors.pop(0)
         self.locked_mhz = clock_mhz
 
     def reset_sm_clock(self) -> None:
@@ -70,6 +78,7 @@ class FakeServer:
     fail_reload: bool = False
     release_reload: asyncio.Event = field(default_factory=asyncio.Event)
     applied: list[int] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)
 
     async def counters(self) -> ServerCounters:
         if not self.reachable:
@@ -79,6 +88,7 @@ class FakeServer:
         return ServerCounters(self.inferences, self.batches, queue_depth=3)
 
     async def apply_max_batch_size(self, batch_size: int) -> None:
+        self.attempts.append(batch_size)
         await self.release_reload.wait()
         if self.fail_reload:
             raise RuntimeError("load failed")
@@ -115,7 +125,11 @@ class ScriptedPolicy(Policy):
 
 
 def make_loop(
-    policy: Policy, gpu: FakeGpu, server: FakeServer, time: FakeTime
+    policy: Policy,
+    gpu: FakeGpu,
+    server: FakeServer,
+    time: FakeTime,
+    reloads: ReloadGovernor | None = None,
 ) -> tuple[ControlLoop, list[LoopSnapshot]]:
     snapshots: list[LoopSnapshot] = []
     loop = ControlLoop(
@@ -127,6 +141,7 @@ def make_loop(
         monotonic=time.monotonic,
         sleep=time.sleep,
         on_snapshot=snapshots.append,
+        reloads=reloads or ReloadGovernor(),
     )
     return loop, snapshots
 
@@ -236,3 +251,108 @@ async def test_a_new_cap_moves_the_clock_at_once_not_at_the_next_sample() -> Non
     lower = PowerSettings(120, SETTINGS.batch_sizes, SETTINGS.clock_levels_mhz, SETTINGS.band)
     loop.update_settings(lower)
     assert gpu.locked_mhz == 600
+
+
+def unknown_error() -> GpuError:
+    return GpuError("nvmlDeviceGetFieldValues", "Unknown Error", 999)
+
+
+def nvml_timeout() -> GpuError:
+    return GpuError("nvmlDeviceSetGpuLockedClocks", "Timeout", 10)
+
+
+async def test_transient_power_errors_are_retried_without_a_failsafe() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([150.0], power_errors=[unknown_error() for _ in range(12)])
+    policy = ScriptedPolicy(Knobs(4, 1200))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    snapshots = [await loop.sample_once() for _ in range(5)]
+    # 12 failed reads = 2.4 samples without a reading: below stale_after_s (2 s).
+    assert [s.degraded for s in snapshots] == [None] * 5
+    assert all(s.policy_state != "failsafe" for s in snapshots)
+    assert gpu.locked_mhz == 1200
+    assert policy.observations[-1].power_watts == 150.0
+
+
+async def test_a_transient_clock_error_is_retried_and_the_loop_carries_on() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([150.0], clock_errors=[unknown_error(), nvml_timeout()])
+    policy = ScriptedPolicy(Knobs(1, 900))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    first = await loop.sample_once()
+    assert first.sm_clock_mhz is None and gpu.locked_mhz is None  # not applied yet
+    await loop.sample_once()
+    third = await loop.sample_once()
+    assert third.sm_clock_mhz == 900 and gpu.locked_mhz == 900
+    assert third.clock_control  # a transient error is not a refusal
+
+
+async def test_a_lost_gpu_means_the_failsafe_at_once() -> None:
+    time = FakeTime()
+    lost = [GpuLostError("nvmlDeviceGetFieldValues", "GPU is lost", 15) for _ in range(5)]
+    gpu = FakeGpu([150.0], power_errors=lost)
+    policy = ScriptedPolicy(Knobs(16, 1200))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    first = await loop.sample_once()
+    assert first.degraded is not None and first.degraded.startswith("GPU lost")
+    assert first.policy_state == "failsafe" and first.requested_batch_size == 1
+    assert gpu.locked_mhz == 600
+    recovered = await loop.sample_once()
+    assert recovered.degraded is None
+
+
+async def test_a_refused_batch_size_is_quarantined_not_reloaded_600_times() -> None:
+    time = FakeTime()
+    server = FakeServer(fail_reload=True)
+    server.release_reload.set()
+    policy = ScriptedPolicy(Knobs(16, None))
+    loop, _ = make_loop(policy, FakeGpu([120.0]), server, time)
+    for _ in range(600):  # 60 s of samples, the policy asking for 16 throughout
+        snapshot = await loop.sample_once()
+        await asyncio.sleep(0)
+    assert 1 <= len(server.attempts) <= 3
+    assert snapshot.reload_failures == len(server.attempts)
+    assert snapshot.quarantined_batch_sizes == (16,)
+    assert snapshot.batch_size == 1
+    assert snapshot.reload_blocked is not None and "quarantined" in snapshot.reload_blocked
+
+
+async def test_a_hanging_load_times_out_and_the_old_batch_keeps_serving() -> None:
+    time = FakeTime()
+    server = FakeServer()  # release_reload never set: the load hangs
+    reloads = ReloadGovernor(first_timeout_s=5, base_backoff_s=30)
+    loop, _ = make_loop(ScriptedPolicy(Knobs(16, 900)), FakeGpu([120.0]), server, time, reloads)
+    snapshots = [await loop.sample_once() for _ in range(60)]  # 6 s
+    assert server.attempts == [16]
+    assert snapshots[40].reload_failures == 0
+    assert snapshots[-1].reload_failures == 1
+    assert snapshots[-1].batch_size == 1
+    assert snapshots[-1].reload_blocked is not None
+
+
+async def test_a_failed_run_holds_the_lowest_clock_and_can_run_again() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([120.0])
+
+    class Breaks(ScriptedPolicy):
+        def step(self, observation: Observation) -> Decision:
+            if len(self.observations) == 2:
+                self.observations.append(observation)
+                raise ZeroDivisionError("a policy bug")
+            return super().step(observation)
+
+    policy = Breaks(Knobs(1, 1200))
+    loop, snapshots = make_loop(policy, gpu, FakeServer(), time)
+    with pytest.raises(ZeroDivisionError):
+        await loop.run()
+    assert gpu.locked_mhz == 600 and gpu.resets == 0  # locked low, not handed back
+    policy.knobs = Knobs(1, 900)
+
+    def stop_after_two(snapshot: LoopSnapshot) -> None:
+        snapshots.append(snapshot)
+        if len(snapshots) >= 4:
+            loop.stop()
+
+    loop.on_snapshot = stop_after_two
+    await loop.run()
+    assert gpu.resets == 1 and gpu.locked_mhz is None  # a clean stop gives clocks back
