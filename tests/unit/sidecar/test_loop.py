@@ -11,6 +11,7 @@ from capinfer_sidecar.gpu.errors import GpuError, GpuLostError
 from capinfer_sidecar.loop import LoopSnapshot
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, PowerSettings
 from capinfer_sidecar.reloads import ReloadGovernor
+from capinfer_sidecar.supervisor import Supervisor
 
 
 async def test_peak_power_and_counters_reach_the_policy() -> None:
@@ -223,3 +224,41 @@ async def test_a_failed_run_holds_the_lowest_clock_and_can_run_again() -> None:
     loop.on_snapshot = stop_after_two
     await loop.run()
     assert gpu.resets == 1 and gpu.locked_mhz is None  # a clean stop gives clocks back
+
+
+async def test_under_its_supervisor_a_failing_loop_is_reported_then_recovers() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([120.0])
+    failures_left = 3
+
+    class BreaksThrice(ScriptedPolicy):
+        def step(self, observation: Observation) -> Decision:
+            nonlocal failures_left
+            if failures_left:
+                failures_left -= 1
+                raise RuntimeError("NVML_ERROR_UNKNOWN from a helper the policy called")
+            return super().step(observation)
+
+    loop, snapshots = make_loop(BreaksThrice(Knobs(1, 1200)), gpu, FakeServer(), time)
+    clocks_in_backoff: list[int | None] = []
+
+    async def backoff(seconds: float) -> None:
+        clocks_in_backoff.append(gpu.locked_mhz)
+        await time.sleep(seconds)
+
+    supervisor = Supervisor(monotonic=time.monotonic, sleep=backoff, healthy_after_s=5)
+    seen_failing: list[bool] = []
+
+    def on_snapshot(snapshot: LoopSnapshot) -> None:
+        snapshots.append(snapshot)
+        seen_failing.append(supervisor.failing("control-loop"))
+        if len(snapshots) == 100:  # 10 s of samples
+            loop.stop()
+
+    loop.on_snapshot = on_snapshot
+    await supervisor.supervise("control-loop", loop.run)
+    (state,) = supervisor.tasks
+    assert state.restarts == 3 and state.finished
+    assert clocks_in_backoff == [600, 600, 600]  # the lowest clock while it waits
+    assert seen_failing[0] and not seen_failing[-1]  # reported, then healthy again
+    assert gpu.locked_mhz is None and gpu.resets == 1  # a clean stop at the end
