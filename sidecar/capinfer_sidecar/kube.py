@@ -20,7 +20,7 @@ import asyncio
 import http.client
 import logging
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -107,7 +107,7 @@ class PowerSpecWatch:
         )
         return cast(dict[str, Any], obj)
 
-    def _watch_once(self, stop: threading.Event, push: Any) -> None:
+    def _watch_once(self, stop: threading.Event, push: Callable[[dict[str, Any]], None]) -> None:
         """Read the object, then follow its changes until the server ends the watch."""
         obj = self._read()
         push(dict(obj.get("spec", {}).get("power", {})))
