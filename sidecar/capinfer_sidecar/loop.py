@@ -9,8 +9,9 @@ serving. Each sample becomes a :class:`LoopSnapshot` for metrics and the status 
 Safety: when power readings fail for ``stale_after_s`` the loop moves to the safest
 settings it can (lowest clock, smallest batch) until readings return; a transient GPU
 error before that is only retried. A lost GPU (``GPU_IS_LOST``) means the safest settings
-at once. When Triton is unreachable the loop keeps the clock knob; when the GPU refuses
-clock control it carries on with the batch knob alone. Reloads are bounded by a
+at once. A clock that cannot be set for ``stale_after_s`` (errors other than a refusal)
+means the safest settings too. When Triton is unreachable the loop keeps the clock knob;
+when the GPU refuses clock control it carries on with the batch knob alone. Reloads are bounded by a
 :class:`~capinfer_sidecar.reloads.ReloadGovernor` (backoff, quarantine, rate, timeout).
 Clocks it locked are reset when it stops; when it fails, it locks the lowest clock before
 the error leaves :meth:`ControlLoop.run`, so the supervisor's backoff runs on safe clocks.
@@ -128,6 +129,8 @@ class ControlLoop:
     _blocked_size_logged: int | None = field(default=None, init=False)
     _gpu_lost: str | None = field(default=None, init=False)
     _clock_errors: int = field(default=0, init=False)
+    _clock_error: str = field(default="", init=False)
+    _clock_failing_since_s: float | None = field(default=None, init=False)
     _clock_locked: bool = field(default=False, init=False)
     _last_energy_j: float | None = field(default=None, init=False)
     _last_energy_s: float | None = field(default=None, init=False)
@@ -196,6 +199,11 @@ class ControlLoop:
             degraded = f"GPU lost: {self._gpu_lost}"
         elif peak_watts is None and now - self._last_good_power_s > self.stale_after_s:
             degraded = "power readings stopped"
+        elif (
+            self._clock_failing_since_s is not None
+            and now - self._clock_failing_since_s > self.stale_after_s
+        ):
+            degraded = f"the SM clock cannot be set: {self._clock_error}"
         elif counters is None:
             degraded = "Triton is unreachable"
         observed_watts = peak_watts if peak_watts is not None else math.nan
@@ -344,6 +352,9 @@ class ControlLoop:
         except GpuError as error:
             # The applied clock stays what it was, so the next actuation tries again.
             self._clock_errors += 1
+            self._clock_error = str(error)
+            if self._clock_failing_since_s is None:
+                self._clock_failing_since_s = self.monotonic()
             if isinstance(error, GpuLostError):
                 self._gpu_lost = str(error)
             log.log(
@@ -355,6 +366,7 @@ class ControlLoop:
         if self._clock_errors:
             log.info("SM clock set again after %d failed attempts", self._clock_errors)
             self._clock_errors = 0
+            self._clock_failing_since_s = None
         self._applied = replace(self._applied, sm_clock_mhz=clock_mhz)
 
     def _hold_lowest_clock(self) -> None:

@@ -155,6 +155,18 @@ async def test_a_transient_clock_error_is_retried_and_the_loop_carries_on() -> N
     assert third.clock_control  # a transient error is not a refusal
 
 
+async def test_a_clock_that_keeps_failing_is_not_called_control() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([150.0], clock_errors=[nvml_timeout() for _ in range(40)])
+    loop, _ = make_loop(ScriptedPolicy(Knobs(4, 1200)), gpu, FakeServer(), time)
+    snapshots = [await loop.sample_once() for _ in range(50)]
+    assert snapshots[10].degraded is None  # 1 s of failed sets: retried quietly
+    failing = snapshots[30]
+    assert failing.degraded is not None and "SM clock cannot be set" in failing.degraded
+    assert failing.policy_state == "failsafe"
+    assert snapshots[-1].degraded is None and gpu.locked_mhz == 1200  # it works again
+
+
 async def test_a_lost_gpu_means_the_failsafe_at_once() -> None:
     time = FakeTime()
     lost = [GpuLostError("nvmlDeviceGetFieldValues", "GPU is lost", 15) for _ in range(5)]
