@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,10 @@ MODEL_MOUNT = "/models"
 STATE_MOUNT = "/run/capinfer"
 SIDECAR_UID = 65532
 DEFAULT_SIDECAR_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}}
+DEFAULT_STARTUP_TIMEOUT_S = 600
+"""spec.triton.startupTimeoutSeconds when unset: big TensorRT models load for minutes."""
+STARTUP_PROBE_PERIOD_S = 10
+STARTUP_PROBE_MARGIN_S = 30
 TEMPLATE_HASH_ANNOTATION = f"{GROUP}/template-hash"
 
 Manifest = dict[str, Any]
@@ -171,6 +176,17 @@ def _field_env(name: str, path: str) -> Manifest:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+def startup_timeout_s(spec: Mapping[str, Any]) -> int:
+    """``spec.triton.startupTimeoutSeconds``: from start to control, model load included."""
+    return int(spec["triton"].get("startupTimeoutSeconds", DEFAULT_STARTUP_TIMEOUT_S))
+
+
+def startup_probe_failures(timeout_s: int) -> int:
+    """Failures the startup probe allows: the timeout plus a margin for the sidecar to say
+    why it gives up before the kubelet kills it."""
+    return math.ceil((timeout_s + STARTUP_PROBE_MARGIN_S) / STARTUP_PROBE_PERIOD_S)
+
+
 def sidecar_container(target: Target, spec: Mapping[str, Any], default_image: str) -> Manifest:
     sidecar = spec.get("sidecar", {})
     image = sidecar.get("image") or default_image
@@ -197,12 +213,21 @@ def sidecar_container(target: Target, spec: Mapping[str, Any], default_image: st
             {"name": "CAPINFER_METRICS_ADDRESS", "value": f"0.0.0.0:{SIDECAR_METRICS_PORT}"},
             {"name": "CAPINFER_STATE_DIR", "value": STATE_MOUNT},
             {"name": "CAPINFER_LOG_LEVEL", "value": str(sidecar.get("logLevel", "INFO"))},
+            {"name": "CAPINFER_STARTUP_TIMEOUT_S", "value": str(startup_timeout_s(spec))},
             # The device plugin hands GPUs to the Triton container only; the sidecar sees
             # the node's GPUs (NVML only, no compute) and picks Triton's by UUID.
             {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
         ],
         "ports": [{"name": "sidecar-metrics", "containerPort": SIDECAR_METRICS_PORT}],
+        # Until the control loop took its first sample (Triton loading the model may take
+        # minutes) only the startup probe runs; the sidecar gives up by itself at the same
+        # timeout, with a message, a little before the probe would.
+        "startupProbe": {
+            "httpGet": {"path": "/startupz", "port": "sidecar-metrics"},
+            "periodSeconds": STARTUP_PROBE_PERIOD_S,
+            "failureThreshold": startup_probe_failures(startup_timeout_s(spec)),
+        },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "sidecar-metrics"},
             "periodSeconds": 10,

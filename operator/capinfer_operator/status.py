@@ -201,9 +201,30 @@ def aggregate_pods(
         if "powerWatts" in p and str(p["name"]) not in behind
         and float(p["powerWatts"]) > cap_watts
     )  # fmt: skip
+    # What a sidecar says about itself: a task that keeps failing (the cap may not be
+    # followed), a spec it could not apply (it follows the last good one), safe settings.
+    failing = [p for p in pods if p.get("failedTask")]
+    not_applied = [p for p in pods if p.get("problem") and not p.get("failedTask")]
+    degraded = [p for p in pods if p.get("message")]
     if over:
         cap_met = condition(
             "CapMet", False, "OverCap", f"over {cap_watts:g} W: {', '.join(over)}",
+            generation=generation, now=now,
+        )  # fmt: skip
+    elif failing:
+        cap_met = condition(
+            "CapMet", False, "SidecarFailing", _pod_messages(failing, "problem"),
+            generation=generation, now=now,
+        )  # fmt: skip
+    elif not_applied:
+        cap_met = condition(
+            "CapMet", False, "SpecNotApplied", _pod_messages(not_applied, "problem"),
+            generation=generation, now=now,
+        )  # fmt: skip
+    elif degraded:
+        cap_met = condition(
+            "CapMet", None, "Degraded",
+            f"on safe settings: {_pod_messages(degraded, 'message')}",
             generation=generation, now=now,
         )  # fmt: skip
     elif behind:
@@ -234,6 +255,13 @@ def aggregate_pods(
             "ClockControl", True, "Available", "clocks lockable", generation=generation, now=now
         )
     return fields, [cap_met, clock]
+
+
+def _pod_messages(pods: Sequence[Mapping[str, Any]], key: str) -> str:
+    """``pod-a: why; pod-b: why``, sorted by pod."""
+    return "; ".join(f"{p['name']}: {p.get(key) or 'no details'}" for p in sorted(
+        pods, key=lambda p: str(p["name"])
+    ))  # fmt: skip
 
 
 def numbers_due(

@@ -4,18 +4,27 @@ The official client is synchronous; its watch runs in a worker thread and hands 
 new ``spec.power`` to the event loop, so a patched cap reaches the policy within one
 watch event (milliseconds), not a polling period. The sidecar's Role allows exactly
 get/list/watch on its own object (by name) and patch on its status.
+
+Errors by kind: an answer that says no (:class:`ApiException`) and every connection-level
+failure of the client (:data:`CONNECTION_ERRORS`: urllib3's ``MaxRetryError``,
+``ProtocolError``, timeouts, ``OSError``...) are expected while the API server restarts or
+the network is down. The watch retries them with a capped backoff; a status write that
+meets them returns False. Anything else is a bug: the watch hands it to the coroutine
+iterating :meth:`PowerSpecWatch.changes`, which raises it, so the task's supervisor sees
+it instead of a thread dying in a log line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import http.client
 import logging
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import urllib3.exceptions
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -25,6 +34,19 @@ PLURAL = "powercappedinferences"
 KIND = "PowerCappedInference"
 WATCH_TIMEOUT_S = 300
 RETRY_DELAY_S = 2.0
+"""First delay before the watch tries again; it doubles per failure in a row."""
+MAX_RETRY_DELAY_S = 30.0
+REQUEST_TIMEOUT_S = (5.0, 15.0)
+"""(connect, read) for reads and status writes: a black-holed connection cannot hang them."""
+WATCH_REQUEST_TIMEOUT_S = (5.0, WATCH_TIMEOUT_S + 30.0)
+"""The server ends a watch after WATCH_TIMEOUT_S; a silent socket longer than that is dead."""
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    urllib3.exceptions.HTTPError,  # MaxRetryError, ProtocolError, timeouts, SSL errors...
+    http.client.HTTPException,  # IncompleteRead, a bad status line
+    OSError,  # refused, reset, unreachable, DNS
+)
+"""Failures of the transport, not answers of the API server: retry later."""
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +72,24 @@ def pod_status_patch(ref: ObjectRef, entry: Mapping[str, Any]) -> dict[str, Any]
     }
 
 
+def describe_error(error: BaseException) -> str:
+    """One line for the log: an API answer's status, or the transport failure's type and text."""
+    if isinstance(error, ApiException):
+        return f"{error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}"
+
+
+def is_expected(error: BaseException) -> bool:
+    """An API answer or a transport failure: worth retrying, not a bug."""
+    return isinstance(error, (ApiException, *CONNECTION_ERRORS))
+
+
 class PowerSpecWatch:
-    """Yields ``spec.power`` of one object each time it changes (and once at start)."""
+    """Yields ``spec.power`` of one object each time it changes (and once at start).
+
+    Each call of :meth:`changes` runs its own worker thread, so a supervisor can call it
+    again after the iteration broke.
+    """
 
     def __init__(self, api_client: client.ApiClient, ref: ObjectRef) -> None:
         self._api = client.CustomObjectsApi(api_client)
@@ -60,13 +98,50 @@ class PowerSpecWatch:
 
     def _read(self) -> dict[str, Any]:
         obj = self._api.get_namespaced_custom_object(
-            GROUP, VERSION, self._ref.namespace, PLURAL, self._ref.name
+            GROUP,
+            VERSION,
+            self._ref.namespace,
+            PLURAL,
+            self._ref.name,
+            _request_timeout=REQUEST_TIMEOUT_S,
         )
         return cast(dict[str, Any], obj)
 
-    def _pump(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        """Worker thread: list-then-watch forever, pushing each new ``spec.power``."""
+    def _watch_once(self, stop: threading.Event, push: Callable[[dict[str, Any]], None]) -> None:
+        """Read the object, then follow its changes until the server ends the watch."""
+        obj = self._read()
+        push(dict(obj.get("spec", {}).get("power", {})))
+        stream = watch.Watch()  # type: ignore[no-untyped-call]
+        for event in stream.stream(  # type: ignore[no-untyped-call]
+            self._api.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self._ref.namespace,
+            PLURAL,
+            field_selector=f"metadata.name={self._ref.name}",
+            resource_version=obj["metadata"]["resourceVersion"],
+            timeout_seconds=WATCH_TIMEOUT_S,
+            _request_timeout=WATCH_REQUEST_TIMEOUT_S,
+        ):
+            if stop.is_set() or self._stop.is_set():
+                stream.stop()  # type: ignore[no-untyped-call]
+                return
+            if event["type"] in ("ADDED", "MODIFIED"):
+                push(dict(event["object"].get("spec", {}).get("power", {})))
+
+    def _pump(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[dict[str, Any] | BaseException],
+        stop: threading.Event,
+    ) -> None:
+        """Worker thread: list-then-watch until stopped, pushing each new ``spec.power``.
+
+        Expected errors are retried with a doubling delay (logged once per outage); an
+        unexpected one is pushed to the queue and ends the thread.
+        """
         last: dict[str, Any] | None = None
+        failures = 0
 
         def push(power: dict[str, Any]) -> None:
             nonlocal last
@@ -74,49 +149,46 @@ class PowerSpecWatch:
                 last = power
                 loop.call_soon_threadsafe(queue.put_nowait, power)
 
-        while not self._stop.is_set():
+        def stopped() -> bool:
+            return stop.is_set() or self._stop.is_set()
+
+        while not stopped():
             try:
-                obj = self._read()
-                push(dict(obj.get("spec", {}).get("power", {})))
-                stream = watch.Watch()  # type: ignore[no-untyped-call]
-                for event in stream.stream(  # type: ignore[no-untyped-call]
-                    self._api.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    self._ref.namespace,
-                    PLURAL,
-                    field_selector=f"metadata.name={self._ref.name}",
-                    resource_version=obj["metadata"]["resourceVersion"],
-                    timeout_seconds=WATCH_TIMEOUT_S,
-                ):
-                    if self._stop.is_set():
-                        stream.stop()  # type: ignore[no-untyped-call]
-                        break
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        push(dict(event["object"].get("spec", {}).get("power", {})))
-            except ApiException as error:
-                log.warning(
-                    "watch of %s/%s failed (%s %s); retrying in %.0f s",
-                    self._ref.namespace, self._ref.name, error.status, error.reason,
-                    RETRY_DELAY_S,
+                self._watch_once(stop, push)
+            except Exception as error:
+                if not is_expected(error):
+                    loop.call_soon_threadsafe(queue.put_nowait, error)
+                    return
+                failures += 1
+                delay_s = min(RETRY_DELAY_S * 2 ** (failures - 1), MAX_RETRY_DELAY_S)
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "watch of %s/%s failed (%s); retrying in %.0f s, quietly until it works",
+                    self._ref.namespace, self._ref.name, describe_error(error), delay_s,
                 )  # fmt: skip
-                self._stop.wait(RETRY_DELAY_S)
-            except Exception:  # the watch must outlive any transport hiccup
-                log.exception("watch of %s/%s broke; retrying", self._ref.namespace, self._ref.name)
-                self._stop.wait(RETRY_DELAY_S)
+                stop.wait(delay_s)
+                continue
+            if failures:
+                log.info("watch of %s/%s works again", self._ref.namespace, self._ref.name)
+            failures = 0
 
     async def changes(self) -> AsyncIterator[dict[str, Any]]:
+        """``spec.power`` now and after every change; raises what broke the watch thread."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        stop = threading.Event()
         worker = threading.Thread(
-            target=self._pump, args=(loop, queue), name="power-spec-watch", daemon=True
+            target=self._pump, args=(loop, queue, stop), name="power-spec-watch", daemon=True
         )
         worker.start()
         try:
             while True:
-                yield await queue.get()
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
-            self._stop.set()
+            stop.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -129,6 +201,8 @@ class StatusWriter:
         self._api = client.CustomObjectsApi(api_client)
         self._ref = ref
         self._field_manager = field_manager_for(pod_name)
+        self.failures = 0
+        """Writes that failed in a row (0 after a success)."""
 
     def _apply(self, body: dict[str, Any]) -> None:
         self._api.patch_namespaced_custom_object_status(
@@ -141,20 +215,39 @@ class StatusWriter:
             field_manager=self._field_manager,
             force=True,
             _content_type="application/apply-patch+yaml",
+            _request_timeout=REQUEST_TIMEOUT_S,
         )
 
     async def write(self, entry: Mapping[str, Any]) -> bool:
-        """Apply the entry; False (and a warning) when the API server refused it."""
+        """Apply the entry; False when the API server refused it or could not be reached.
+
+        The first failure of a run of them is a warning, the rest debug lines, and the
+        first success after them says so: an outage is three log lines, not one per write.
+        """
         try:
             await asyncio.to_thread(self._apply, pod_status_patch(self._ref, entry))
-        except ApiException as error:
-            log.warning("status update refused: %s %s", error.status, error.reason)
+        except Exception as error:
+            if not is_expected(error):
+                raise
+            self.failures += 1
+            log.log(
+                logging.WARNING if self.failures == 1 else logging.DEBUG,
+                "status update failed (%s); the next one comes with the next report",
+                describe_error(error),
+            )
             return False
+        if self.failures:
+            log.info("status updates work again after %d failures", self.failures)
+        self.failures = 0
         return True
 
     async def remove(self) -> None:
         """Drop this pod's entry (on shutdown): apply an empty list for our manager."""
         body = pod_status_patch(self._ref, {})
         body["status"]["pods"] = []
-        with contextlib.suppress(ApiException):
+        try:
             await asyncio.to_thread(self._apply, body)
+        except Exception as error:
+            if not is_expected(error):
+                raise
+            log.warning("could not remove this pod's status entry: %s", describe_error(error))

@@ -7,9 +7,14 @@ a batch-size change as a background Triton reload (seconds) while the old size k
 serving. Each sample becomes a :class:`LoopSnapshot` for metrics and the status entry.
 
 Safety: when power readings fail for ``stale_after_s`` the loop moves to the safest
-settings it can (lowest clock, smallest batch) until readings return; when Triton is
-unreachable it keeps the clock knob; when the GPU refuses clock control it carries on
-with the batch knob alone. Clocks it locked are reset when it stops.
+settings it can (lowest clock, smallest batch) until readings return; a transient GPU
+error before that is only retried. A lost GPU (``GPU_IS_LOST``) means the safest settings
+at once. A clock that cannot be set for ``stale_after_s`` (errors other than a refusal)
+means the safest settings too. When Triton is unreachable the loop keeps the clock knob;
+when the GPU refuses clock control it carries on with the batch knob alone. Reloads are bounded by a
+:class:`~capinfer_sidecar.reloads.ReloadGovernor` (backoff, quarantine, rate, timeout).
+Clocks it locked are reset when it stops; when it fails, it locks the lowest clock before
+the error leaves :meth:`ControlLoop.run`, so the supervisor's backoff runs on safe clocks.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from capinfer_sidecar.gpu.errors import GpuRefusedError
+from capinfer_sidecar.gpu.errors import GpuError, GpuLostError, GpuRefusedError
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
+from capinfer_sidecar.reloads import ReloadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,10 @@ class LoopSnapshot:
     clock_control: bool
     degraded: str | None
     """Why the loop runs on safe settings (stale power, Triton down), None when healthy."""
+    quarantined_batch_sizes: tuple[int, ...] = ()
+    """Batch sizes Triton refused to load repeatedly: not tried again for a long while."""
+    reload_blocked: str | None = None
+    """Why the requested batch size is not being loaded now, when it is not."""
 
 
 @dataclass
@@ -108,10 +118,19 @@ class ControlLoop:
     sample_interval_s: float = 0.1
     stale_after_s: float = 2.0
     on_snapshot: Callable[[LoopSnapshot], None] = lambda _: None
+    reloads: ReloadGovernor = field(default_factory=ReloadGovernor)
     _applied: Knobs = field(init=False)
     _decision: Decision = field(init=False)
     _counters: _Counters = field(default_factory=_Counters, init=False)
     _reload: asyncio.Task[None] | None = field(default=None, init=False)
+    _reload_size: int = field(default=0, init=False)
+    _reload_started_s: float = field(default=0.0, init=False)
+    _reload_blocked: str | None = field(default=None, init=False)
+    _blocked_size_logged: int | None = field(default=None, init=False)
+    _gpu_lost: str | None = field(default=None, init=False)
+    _clock_errors: int = field(default=0, init=False)
+    _clock_error: str = field(default="", init=False)
+    _clock_failing_since_s: float | None = field(default=None, init=False)
     _clock_locked: bool = field(default=False, init=False)
     _last_energy_j: float | None = field(default=None, init=False)
     _last_energy_s: float | None = field(default=None, init=False)
@@ -137,8 +156,8 @@ class ControlLoop:
             self.settings.cap_watts, settings.cap_watts, settings.band,
             len(settings.batch_sizes), len(settings.clock_levels_mhz),
         )  # fmt: skip
-        self.settings = settings
         self._decision = self.policy.update_settings(settings, self.monotonic())
+        self.settings = settings
         self._log_decision(self._decision)
         self._actuate_now(self._decision)
 
@@ -154,22 +173,37 @@ class ControlLoop:
 
     # -- the loop ----------------------------------------------------------------------
     async def run(self) -> None:
+        """Sample until :meth:`stop`; then reset clocks. Can be run again after it failed."""
         try:
             await self._actuate(self._decision)
             while not self._stopping:
                 snapshot = await self.sample_once()
                 self.on_snapshot(snapshot)
-        finally:
+        except Exception:
+            # Whoever restarts the loop waits first: meanwhile, the lowest clock holds.
+            self._hold_lowest_clock()
+            raise
+        except BaseException:
             await self.shutdown()
+            raise
+        await self.shutdown()
 
     async def sample_once(self) -> LoopSnapshot:
         peak_watts = await self._peak_power_over_interval()
         now = self.monotonic()
         mean_watts = self._mean_power(now, peak_watts)
         counters = await self._server_counters()
+        self._check_reload_timeout(now)
         degraded = None
-        if peak_watts is None and now - self._last_good_power_s > self.stale_after_s:
+        if self._gpu_lost is not None:
+            degraded = f"GPU lost: {self._gpu_lost}"
+        elif peak_watts is None and now - self._last_good_power_s > self.stale_after_s:
             degraded = "power readings stopped"
+        elif (
+            self._clock_failing_since_s is not None
+            and now - self._clock_failing_since_s > self.stale_after_s
+        ):
+            degraded = f"the SM clock cannot be set: {self._clock_error}"
         elif counters is None:
             degraded = "Triton is unreachable"
         observed_watts = peak_watts if peak_watts is not None else math.nan
@@ -198,6 +232,7 @@ class ControlLoop:
         return self._snapshot(now, observed_watts, mean_watts, degraded)
 
     async def shutdown(self) -> None:
+        """Cancel a reload in flight and give the clocks back to the GPU; idempotent."""
         if self._reload is not None:
             self._reload.cancel()
         if self._clock_locked:
@@ -216,12 +251,22 @@ class ControlLoop:
             await self.sleep(step_s)
             try:
                 watts = self.gpu.power_watts()
+            except GpuLostError as error:
+                if self._gpu_lost is None:
+                    log.error("GPU lost (%s): safest settings until it answers again", error)
+                self._gpu_lost = str(error)
+                continue
             except Exception as error:
+                # Transient (NVML_ERROR_UNKNOWN, a timeout...): the next read may work; the
+                # failsafe starts only once readings are stale for stale_after_s.
                 log.debug("power reading failed: %s", error)
                 continue
             peak = watts if peak is None else max(peak, watts)
         if peak is not None:
             self._last_good_power_s = self.monotonic()
+            if self._gpu_lost is not None:
+                log.warning("GPU answers again: readings resume")
+                self._gpu_lost = None
         return peak
 
     def _mean_power(self, now: float, fallback_watts: float | None) -> float:
@@ -285,41 +330,119 @@ class ControlLoop:
                 asyncio.get_running_loop()
             except RuntimeError:
                 return  # not running yet: the first sample actuates it
-            self._reload = asyncio.create_task(self._reload_batch_size(wanted.batch_size))
+            self._start_reload(wanted.batch_size)
+        elif wanted.batch_size == self._applied.batch_size:
+            self._reload_blocked = None
 
     def _set_clock(self, clock_mhz: int | None) -> None:
+        """Set (or reset) the clock; a GPU error other than a refusal is retried next time."""
         try:
             if clock_mhz is None:
                 if self._clock_locked:
                     self.gpu.reset_sm_clock()
                     self._clock_locked = False
             else:
+                self._clock_locked = True  # even a partial lock must be reset on the way out
                 self.gpu.set_locked_sm_clock_mhz(clock_mhz)
-                self._clock_locked = True
         except GpuRefusedError as error:
             log.warning("clock control refused (%s): continuing with the batch size alone", error)
             self.policy.disable_clock_control(str(error))
             self.update_settings(replace(self.settings, clock_levels_mhz=()))
             return
+        except GpuError as error:
+            # The applied clock stays what it was, so the next actuation tries again.
+            self._clock_errors += 1
+            self._clock_error = str(error)
+            if self._clock_failing_since_s is None:
+                self._clock_failing_since_s = self.monotonic()
+            if isinstance(error, GpuLostError):
+                self._gpu_lost = str(error)
+            log.log(
+                logging.WARNING if self._clock_errors == 1 else logging.DEBUG,
+                "setting the SM clock to %s failed (%s); trying again at the next sample",
+                clock_mhz if clock_mhz is not None else "default", error,
+            )  # fmt: skip
+            return
+        if self._clock_errors:
+            log.info("SM clock set again after %d failed attempts", self._clock_errors)
+            self._clock_errors = 0
+            self._clock_failing_since_s = None
         self._applied = replace(self._applied, sm_clock_mhz=clock_mhz)
 
+    def _hold_lowest_clock(self) -> None:
+        """Best effort, on the way out of a failed run: the lowest clock of the ladder."""
+        if not self.settings.clock_control:
+            return
+        try:
+            self._set_clock(self.settings.clock_levels_mhz[0])
+        except Exception:
+            log.exception("could not lock the lowest clock after the control loop failed")
+
+    def _start_reload(self, batch_size: int) -> None:
+        now = self.monotonic()
+        blocked = self.reloads.blocked(batch_size, now)
+        self._reload_blocked = blocked
+        if blocked is not None:
+            if self._blocked_size_logged != batch_size:
+                self._blocked_size_logged = batch_size
+                log.info("not reloading to max batch %d: %s", batch_size, blocked)
+            return
+        self._blocked_size_logged = None
+        self._reload_size = batch_size
+        self._reload_started_s = now
+        self._reload = asyncio.create_task(self._reload_batch_size(batch_size))
+
+    def _check_reload_timeout(self, now: float) -> None:
+        """A load running past the governor's limit counts as failed and is abandoned."""
+        reload = self._reload
+        if reload is None:
+            return
+        elapsed_s = now - self._reload_started_s
+        limit_s = self.reloads.timeout_s()
+        if elapsed_s <= limit_s:
+            return
+        self._reload = None
+        reload.cancel()
+        self._reload_failed(
+            self._reload_size, now, f"no answer after {elapsed_s:.0f} s (limit {limit_s:.0f} s)"
+        )
+
+    def _reload_failed(self, batch_size: int, now: float, reason: str) -> None:
+        self._counters.reload_failures += 1
+        outcome = self.reloads.failed(batch_size, now, reason)
+        if outcome.quarantined:
+            log.error(
+                "reload to max batch %d failed (%s); batch %d stays in effect; batch %d is"
+                " quarantined: not tried again for %.0f s",
+                batch_size, reason, self._applied.batch_size, batch_size,
+                outcome.retry_at_s - now,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "reload to max batch %d failed (%s); batch %d stays in effect; next try of"
+                " batch %d in %.0f s at the earliest",
+                batch_size, reason, self._applied.batch_size, batch_size,
+                outcome.retry_at_s - now,
+            )  # fmt: skip
+
     async def _reload_batch_size(self, batch_size: int) -> None:
+        this = asyncio.current_task()
         try:
             await self.server.apply_max_batch_size(batch_size)
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            self._counters.reload_failures += 1
-            log.warning(
-                "reload to max batch %d failed (%s); batch %d stays in effect",
-                batch_size, error, self._applied.batch_size,
-            )  # fmt: skip
+            if self._reload is this:
+                self._reload_failed(batch_size, self.monotonic(), str(error))
         else:
-            self._counters.reloads += 1
-            log.info("reloaded: max batch %d -> %d", self._applied.batch_size, batch_size)
-            self._applied = replace(self._applied, batch_size=batch_size)
+            if self._reload is this:
+                self._counters.reloads += 1
+                self.reloads.succeeded(batch_size, self.monotonic() - self._reload_started_s)
+                log.info("reloaded: max batch %d -> %d", self._applied.batch_size, batch_size)
+                self._applied = replace(self._applied, batch_size=batch_size)
         finally:
-            self._reload = None
+            if self._reload is this:
+                self._reload = None
 
     # -- reporting ---------------------------------------------------------------------
     def _log_decision(self, decision: Decision) -> None:
@@ -354,4 +477,6 @@ class ControlLoop:
             reason=self._decision.reason,
             clock_control=self.settings.clock_control,
             degraded=degraded,
+            quarantined_batch_sizes=self.reloads.quarantined(now),
+            reload_blocked=self._reload_blocked,
         )

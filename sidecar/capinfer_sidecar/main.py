@@ -11,6 +11,14 @@ Two ways to get the cap:
 Two kinds of GPU: ``nvml`` (real GPUs, found by UUID: given, or read from Triton's
 metrics labels) and ``virtual`` (the power model of ``capinfer_sidecar.sim``, driven by the
 batches a ``simbatch`` model really executes in Triton).
+
+Start-up: the HTTP server (probes, metrics) comes up first, so ``/healthz`` answers while
+the sidecar waits for the object and for Triton to serve the model (up to
+``--startup-timeout``). Then four long-lived tasks run under one
+:class:`~capinfer_sidecar.supervisor.Supervisor`: the source of ``spec.power`` (the watch
+of the object, or the power file), the cap follower that applies it, the control loop,
+and the status publisher. None of them can die quietly: an error restarts it, and one that
+keeps failing turns ``/readyz`` red and is named in the pod's status entry.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 from prometheus_client import CollectorRegistry
 
+from capinfer_sidecar.follower import PowerVersion, SpecFollower, SpecStatus
 from capinfer_sidecar.gpu.errors import GpuError
 from capinfer_sidecar.gpu.group import GpuGroup
 from capinfer_sidecar.gpu.nvml import NvmlSession, nvml_is_available
@@ -44,8 +53,9 @@ from capinfer_sidecar.gpu.virtual import (
 from capinfer_sidecar.httpserver import Health, build_app, serve
 from capinfer_sidecar.kube import ObjectRef, PowerSpecWatch, StatusWriter
 from capinfer_sidecar.loop import ControlLoop, LoopSnapshot
-from capinfer_sidecar.metrics import SnapshotCollector
+from capinfer_sidecar.metrics import SnapshotCollector, SupervisionCollector
 from capinfer_sidecar.policies import make_policy
+from capinfer_sidecar.policies.base import Policy, PowerSettings
 from capinfer_sidecar.settings import (
     InvalidPowerSpecError,
     PowerSpec,
@@ -54,12 +64,14 @@ from capinfer_sidecar.settings import (
 )
 from capinfer_sidecar.sim.profiles import load_profile_set
 from capinfer_sidecar.status import pod_status_entry
+from capinfer_sidecar.supervisor import Supervisor
 from capinfer_sidecar.triton import TritonModel, gpu_uuids_in_metrics, open_client, read_metrics
 
 log = logging.getLogger("capinfer_sidecar")
 
 FILE_POLL_S = 0.2
-TRITON_WAIT_S = 600.0
+STARTUP_TIMEOUT_S = 600.0
+STOP_TIMEOUT_S = 5.0
 
 
 class StartupError(Exception):
@@ -164,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="host:port for /metrics, /healthz, /readyz (default 0.0.0.0:9400)",
     )
     ops.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=float(env("CAPINFER_STARTUP_TIMEOUT_S", str(STARTUP_TIMEOUT_S))),
+        help="seconds to wait for Triton to serve the model before giving up"
+        " [env CAPINFER_STARTUP_TIMEOUT_S, default 600]",
+    )
+    ops.add_argument(
         "--status-interval",
         type=float,
         default=3.0,
@@ -204,26 +223,39 @@ def read_power_file(path: Path) -> dict[str, Any]:
     return power
 
 
+def standalone_version(args: argparse.Namespace) -> PowerVersion:
+    """The flags and the file's fields, or why the file cannot be read."""
+    try:
+        return standalone_spec(args)
+    except InvalidPowerSpecError as error:
+        return error
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 async def power_file_changes(
     args: argparse.Namespace, sleep: Callable[[float], Any] = asyncio.sleep
-) -> AsyncIterator[dict[str, Any]]:
-    """Standalone mode: the spec once, then again whenever the file changes."""
-    yield standalone_spec(args)
+) -> AsyncIterator[PowerVersion]:
+    """Standalone mode: the spec once, then again whenever the file changes.
+
+    A file that cannot be read or parsed is yielded as its error: the follower rejects it
+    and keeps the last good settings.
+    """
+    last_mtime = _mtime_ns(args.power_file) if args.power_file is not None else None
+    yield standalone_version(args)
     if args.power_file is None:
         return
-    last_mtime = args.power_file.stat().st_mtime_ns
     while True:
         await sleep(FILE_POLL_S)
-        try:
-            mtime = args.power_file.stat().st_mtime_ns
-        except OSError:
-            continue
-        if mtime != last_mtime:
+        mtime = _mtime_ns(args.power_file)
+        if mtime is not None and mtime != last_mtime:
             last_mtime = mtime
-            try:
-                yield standalone_spec(args)
-            except InvalidPowerSpecError as error:
-                log.error("ignoring the new power file: %s", error)
+            yield standalone_version(args)
 
 
 @dataclass
@@ -236,15 +268,16 @@ class Runtime:
     clock_control_available: bool
 
 
-def settings_for(spec: PowerSpec, group: GpuGroup, args: argparse.Namespace) -> Any:
+def settings_for(
+    spec: PowerSpec, supported_mhz: Sequence[int], args: argparse.Namespace
+) -> PowerSettings:
     clocks_ok = spec.clock_control and not args.no_clock_control
-    return to_power_settings(spec, group.supported_sm_clocks_mhz(), clocks_ok)
+    return to_power_settings(spec, supported_mhz, clocks_ok)
 
 
-def policy_for(spec: PowerSpec, group: GpuGroup) -> Any:
+def policy_for(spec: PowerSpec) -> Policy:
     # BatchSizer's offline-profiling cutoff, and other per-policy options, come with
     # measured profiles; the defaults serve every GPU.
-    del group
     try:
         return make_policy(spec.policy)
     except ValueError as error:
@@ -262,7 +295,10 @@ async def wait_for_model(model: Any, name: str, deadline_s: float) -> int:
         except Exception as error:
             log.debug("Triton not ready yet: %s", error)
         if time.monotonic() > deadline_s:
-            raise StartupError(f"Triton never served model {name!r}")
+            raise StartupError(
+                f"Triton did not serve model {name!r} within --startup-timeout"
+                " (CAPINFER_STARTUP_TIMEOUT_S)"
+            )
         await asyncio.sleep(0.5)
 
 
@@ -300,6 +336,48 @@ async def open_virtual_gpu(args: argparse.Namespace, stack: contextlib.AsyncExit
 
 
 # -- the daemon ---------------------------------------------------------------------------------
+@dataclass
+class Sidecar:
+    """What the sidecar's tasks share: the probes, the metrics, the supervisor."""
+
+    args: argparse.Namespace
+    health: Health
+    supervisor: Supervisor
+    spec_status: SpecStatus
+    registry: CollectorRegistry
+    collector: SnapshotCollector
+    publish_now: asyncio.Event
+
+    @classmethod
+    def create(cls, args: argparse.Namespace) -> Sidecar:
+        publish_now = asyncio.Event()
+        supervisor = Supervisor(monotonic=time.monotonic, on_failure=lambda _: publish_now.set())
+        spec_status = SpecStatus()
+        labels = {"model": args.model, "pod": args.pod_name}
+        registry = CollectorRegistry()
+        collector = SnapshotCollector(labels).register(registry)
+        SupervisionCollector(supervisor, spec_status, labels).register(registry)
+
+        def problem() -> str | None:
+            failing = supervisor.problem()
+            return failing.message if failing is not None else None
+
+        health = Health(monotonic=time.monotonic, problem=problem)
+        return cls(args, health, supervisor, spec_status, registry, collector, publish_now)
+
+    def status_entry(self, gpu_uuids: Sequence[str], latest: LoopSnapshot | None) -> Any:
+        """This pod's status entry; None while there is nothing true to say yet."""
+        failing = self.supervisor.problem()
+        problems = [p for p in (failing and failing.message, self.spec_status.problem) if p]
+        if latest is None and not problems:
+            return None
+        return pod_status_entry(
+            self.args.pod_name, gpu_uuids, latest,
+            failed_task=failing.task if failing is not None else None,
+            problem="; ".join(problems) or None,
+        )  # fmt: skip
+
+
 async def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise StartupError("--model (or CAPINFER_MODEL) is required")
@@ -312,12 +390,22 @@ async def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         event_loop.add_signal_handler(signum, stop.set)
 
+    sidecar = Sidecar.create(args)
     async with contextlib.AsyncExitStack() as stack:
+        # The probes first: they must answer however long Triton takes to load the model.
+        host, _, port = args.metrics_address.rpartition(":")
+        runner = await serve(
+            build_app(sidecar.registry, sidecar.health), host or "0.0.0.0", int(port)
+        )
+        stack.push_async_callback(runner.cleanup)
+        tasks: list[asyncio.Task[None]] = []
+        stack.push_async_callback(_cancel_all, tasks)
+
         client = open_client(args.triton_grpc)
         stack.push_async_callback(client.close)
         model = TritonModel(client, args.model, metrics_url=args.triton_metrics)
 
-        changes: AsyncIterator[dict[str, Any]]
+        open_source: Callable[[], AsyncIterator[PowerVersion]]
         status_writer = None
         if kube_mode:
             try:
@@ -328,103 +416,113 @@ async def run(args: argparse.Namespace) -> int:
             ref = ObjectRef(args.namespace, args.object)
             watcher = PowerSpecWatch(api, ref)
             stack.callback(watcher.stop)
-            changes = watcher.changes()
+            open_source, source_name = watcher.changes, "kube-watch"
             status_writer = StatusWriter(api, ref, args.pod_name)
         else:
-            changes = power_file_changes(args)
+            open_source, source_name = (lambda: power_file_changes(args)), "power-file"
 
-        spec = parse_power_spec(await anext(changes))
-        log.info("cap %.0f W per GPU, policy %s", spec.cap_watts, spec.policy)
-        initial_batch = await wait_for_model(model, args.model, time.monotonic() + TRITON_WAIT_S)
-        group = await open_gpus(args, stack, model_ready=True)
-        if group.recover_after_crash():
-            log.warning("reset SM clocks a previous run had locked (it did not exit cleanly)")
-        log.info("controlling GPUs %s, model %s (max batch %d)", group.uuids, args.model,
-                 initial_batch)  # fmt: skip
+        versions: asyncio.Queue[PowerVersion] = asyncio.Queue()
 
-        registry = CollectorRegistry()
-        collector = SnapshotCollector({"model": args.model, "pod": args.pod_name})
-        collector.register(registry)
-        health = Health(monotonic=time.monotonic)
-        host, _, port = args.metrics_address.rpartition(":")
-        runner = await serve(build_app(registry, health), host or "0.0.0.0", int(port))
-        stack.push_async_callback(runner.cleanup)
+        async def pump_versions() -> None:
+            async for version in open_source():
+                versions.put_nowait(version)
+
+        tasks.append(sidecar.supervisor.start(source_name, pump_versions))
+        start = asyncio.create_task(_start_control(sidecar, model, versions, stack))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([start, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            log.info("stopped while starting")
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            return 0
+        stopper.cancel()
+        control, follower, group = start.result()
 
         latest: list[LoopSnapshot] = []
 
         def on_snapshot(snapshot: LoopSnapshot) -> None:
-            collector.update(snapshot)
-            health.sampled(snapshot.degraded)
+            sidecar.collector.update(snapshot)
+            sidecar.health.sampled(snapshot.degraded)
             latest[:] = [snapshot]
 
-        control = ControlLoop(
-            policy=policy_for(spec, group),
-            settings=settings_for(spec, group, args),
-            gpu=group,
-            server=model,
-            initial_batch_size=initial_batch,
-            monotonic=time.monotonic,
-            sample_interval_s=spec.sample_interval_s,
-            on_snapshot=on_snapshot,
-        )
-        publish_now = asyncio.Event()
+        control.on_snapshot = on_snapshot
 
-        async def follow_changes() -> None:
-            nonlocal spec
-            async for power in changes:
-                try:
-                    new = parse_power_spec(power)
-                except InvalidPowerSpecError as error:
-                    log.error("keeping the current settings: %s", error)
-                    continue
-                if new.policy != spec.policy:
-                    control.switch_policy(policy_for(new, group))
-                control.sample_interval_s = new.sample_interval_s
-                control.update_settings(settings_for(new, group, args))
-                spec = new
-                publish_now.set()
-
-        async def publish_status() -> None:
-            if status_writer is None:
-                return
+        async def publish_status(writer: StatusWriter) -> None:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(publish_now.wait(), args.status_interval)
-                publish_now.clear()
-                if latest:
-                    await status_writer.write(pod_status_entry(args.pod_name, group.uuids,
-                                                               latest[0]))  # fmt: skip
+                    await asyncio.wait_for(sidecar.publish_now.wait(), args.status_interval)
+                sidecar.publish_now.clear()
+                entry = sidecar.status_entry(group.uuids, latest[0] if latest else None)
+                if entry is not None:
+                    await writer.write(entry)
 
-        control_task = asyncio.create_task(control.run(), name="control-loop")
-        helpers = [asyncio.create_task(follow_changes(), name="power-spec")]
+        control_task = sidecar.supervisor.start("control-loop", control.run)
+        tasks.append(control_task)
+        tasks.append(sidecar.supervisor.start("cap-follower", lambda: follower.follow(versions)))
         if status_writer is not None:
-            helpers.append(asyncio.create_task(publish_status(), name="status"))
-        for helper in helpers:
-            helper.add_done_callback(_log_failure)
-        stopper = asyncio.create_task(_wait_for(stop), name="signals")
-        await asyncio.wait([control_task, stopper], return_when=asyncio.FIRST_COMPLETED)
+            writer = status_writer
+            tasks.append(sidecar.supervisor.start("status", lambda: publish_status(writer)))
+
+        await stop.wait()
         log.info("shutting down")
         control.stop()
-        for task in (*helpers, stopper):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(control_task, timeout=5)
+        await asyncio.wait([control_task], timeout=STOP_TIMEOUT_S)
+        await _cancel_all(tasks)
+        await control.shutdown()  # clocks back to the GPU even if the loop was failing
         if status_writer is not None:
             await status_writer.remove()
-        if control_task.done() and not control_task.cancelled():
-            error = control_task.exception()
-            if error is not None:
-                raise error
     return 0
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s failed", task.get_name(), exc_info=task.exception())
+async def _start_control(
+    sidecar: Sidecar,
+    model: TritonModel,
+    versions: asyncio.Queue[PowerVersion],
+    stack: contextlib.AsyncExitStack,
+) -> tuple[ControlLoop, SpecFollower, GpuGroup]:
+    """The first spec, Triton serving the model, the GPUs: then a loop ready to run."""
+    args, health = sidecar.args, sidecar.health
+    health.waiting("waiting for spec.power")
+    first = await versions.get()
+    if isinstance(first, InvalidPowerSpecError):
+        raise first
+    spec = parse_power_spec(first)
+    policy = policy_for(spec)
+    log.info("cap %.0f W per GPU, policy %s", spec.cap_watts, spec.policy)
+    health.waiting(f"waiting for Triton to serve model {args.model!r}")
+    initial_batch = await wait_for_model(model, args.model, time.monotonic() + args.startup_timeout)
+    group = await open_gpus(args, stack, model_ready=True)
+    if group.recover_after_crash():
+        log.warning("reset SM clocks a previous run had locked (it did not exit cleanly)")
+    log.info("controlling GPUs %s, model %s (max batch %d)", group.uuids, args.model,
+             initial_batch)  # fmt: skip
+    supported_mhz = group.supported_sm_clocks_mhz()
+    health.waiting("control loop starting")
+    control = ControlLoop(
+        policy=policy,
+        settings=settings_for(spec, supported_mhz, args),
+        gpu=group,
+        server=model,
+        initial_batch_size=initial_batch,
+        monotonic=time.monotonic,
+        sample_interval_s=spec.sample_interval_s,
+    )
+    follower = SpecFollower(
+        control,
+        spec,
+        policy_for,
+        lambda new: settings_for(new, supported_mhz, args),
+        status=sidecar.spec_status,
+        on_change=sidecar.publish_now.set,
+    )
+    return control, follower, group
 
 
-async def _wait_for(event: asyncio.Event) -> None:
-    await event.wait()
+async def _cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def configure_logging(level: str) -> None:

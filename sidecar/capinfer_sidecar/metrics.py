@@ -2,7 +2,8 @@
 
 The loop already keeps every total (energy, seconds over the cap, violations, reloads),
 so the metrics are a collector that renders the last :class:`LoopSnapshot` at scrape time
-instead of a second set of counters kept in step with it. Names follow Prometheus
+instead of a second set of counters kept in step with it; :class:`SupervisionCollector`
+does the same for the supervisor's tasks and the spec in force. Names follow Prometheus
 conventions: base units, ``_total`` on counters, ``_info`` for the label-only series.
 """
 
@@ -14,7 +15,9 @@ from collections.abc import Iterator, Mapping
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from capinfer_sidecar.follower import SpecStatus
 from capinfer_sidecar.loop import LoopSnapshot
+from capinfer_sidecar.supervisor import Supervisor
 
 PREFIX = "capinfer"
 
@@ -99,6 +102,14 @@ class SnapshotCollector:
             0.0 if snapshot.degraded is None else 1.0,
             {"reason": snapshot.degraded or ""},
         )
+        quarantined = GaugeMetricFamily(
+            f"{PREFIX}_reload_quarantined",
+            "1 for each batch size Triton refused to load repeatedly (not tried for a while).",
+            labels=[*self._labels, "batch_size"],
+        )
+        for size in snapshot.quarantined_batch_sizes:
+            quarantined.add_metric([*self._labels.values(), str(size)], 1.0)
+        yield quarantined
 
     def _counters(self, snapshot: LoopSnapshot) -> Iterator[Metric]:
         if not math.isnan(snapshot.energy_joules):
@@ -141,3 +152,55 @@ class SnapshotCollector:
         family = kind(f"{PREFIX}_{name}", documentation, labels=list(all_labels))
         family.add_metric(list(all_labels.values()), value)
         return family
+
+
+class SupervisionCollector:
+    """The supervisor's tasks and the spec in force, rendered at scrape time."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        spec_status: SpecStatus,
+        const_labels: Mapping[str, str] | None = None,
+    ) -> None:
+        self._supervisor = supervisor
+        self._spec = spec_status
+        self._labels = dict(const_labels or {})
+
+    def register(self, registry: CollectorRegistry) -> SupervisionCollector:
+        registry.register(self)
+        return self
+
+    def collect(self) -> Iterator[Metric]:
+        names, values = list(self._labels), list(self._labels.values())
+        restarts = CounterMetricFamily(
+            f"{PREFIX}_task_restarts",
+            "Times a sidecar task was started again after an unexpected error.",
+            labels=[*names, "task"],
+        )
+        failing = GaugeMetricFamily(
+            f"{PREFIX}_task_failing",
+            "1 while a sidecar task keeps failing (the pod is not ready meanwhile).",
+            labels=[*names, "task"],
+        )
+        for task in self._supervisor.tasks:
+            restarts.add_metric([*values, task.name], float(task.restarts))
+            failing.add_metric(
+                [*values, task.name], 1.0 if self._supervisor.failing(task.name) else 0.0
+            )
+        yield restarts
+        yield failing
+        rejected = CounterMetricFamily(
+            f"{PREFIX}_spec_rejected",
+            "Versions of spec.power the sidecar could not apply (it kept the last good one).",
+            labels=names,
+        )
+        rejected.add_metric(values, float(self._spec.rejected_total))
+        yield rejected
+        invalid = GaugeMetricFamily(
+            f"{PREFIX}_spec_invalid",
+            "1 while the latest spec.power is not in force because it could not be applied.",
+            labels=names,
+        )
+        invalid.add_metric(values, 0.0 if self._spec.problem is None else 1.0)
+        yield invalid

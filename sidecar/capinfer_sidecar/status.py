@@ -15,23 +15,41 @@ def _watts(value: float) -> float | None:
 
 
 def pod_status_entry(
-    pod_name: str, gpu_uuids: Sequence[str], snapshot: LoopSnapshot, now: datetime | None = None
+    pod_name: str,
+    gpu_uuids: Sequence[str],
+    snapshot: LoopSnapshot | None,
+    now: datetime | None = None,
+    *,
+    failed_task: str | None = None,
+    problem: str | None = None,
 ) -> dict[str, Any]:
-    """The fields the CRD declares for a pod entry; absent values are left out, not null."""
+    """The fields the CRD declares for a pod entry; absent values are left out, not null.
+
+    Without a snapshot (the control loop never sampled) only the name, the GPUs, the time
+    and the problem are reported. ``failed_task`` names a supervised task that keeps
+    failing; ``problem`` says what keeps the sidecar from following the declared spec (that
+    task's error, or a spec it rejected).
+    """
     when = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    entry: dict[str, Any] = {
-        "name": pod_name,
-        "gpus": list(gpu_uuids),
-        "capWatts": round(snapshot.cap_watts, 1),
-        "batchSize": snapshot.batch_size,
-        "inferencesPerSecond": round(snapshot.inferences_per_second, 1),
-        "secondsOverCap": round(snapshot.seconds_over_cap, 1),
-        "reloads": snapshot.reloads,
-        "policy": snapshot.policy,
-        "policyState": snapshot.policy_state or "unknown",
-        "clockControl": snapshot.clock_control,
-        "lastUpdate": when,
-    }
+    entry: dict[str, Any] = {"name": pod_name, "gpus": list(gpu_uuids), "lastUpdate": when}
+    if failed_task is not None:
+        entry["failedTask"] = failed_task
+    if problem is not None:
+        entry["problem"] = problem
+    if snapshot is None:
+        return entry
+    entry.update(
+        {
+            "capWatts": round(snapshot.cap_watts, 1),
+            "batchSize": snapshot.batch_size,
+            "inferencesPerSecond": round(snapshot.inferences_per_second, 1),
+            "secondsOverCap": round(snapshot.seconds_over_cap, 1),
+            "reloads": snapshot.reloads,
+            "policy": snapshot.policy,
+            "policyState": snapshot.policy_state or "unknown",
+            "clockControl": snapshot.clock_control,
+        }
+    )
     power = _watts(snapshot.power_watts)
     if power is not None:
         entry["powerWatts"] = power
@@ -39,4 +57,6 @@ def pod_status_entry(
         entry["smClockMHz"] = snapshot.sm_clock_mhz
     if snapshot.degraded is not None:
         entry["message"] = snapshot.degraded
+    if snapshot.quarantined_batch_sizes:
+        entry["quarantinedBatchSizes"] = list(snapshot.quarantined_batch_sizes)
     return entry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from capinfer_sidecar.follower import SpecStatus
 from capinfer_sidecar.loop import LoopSnapshot
-from capinfer_sidecar.metrics import SnapshotCollector
+from capinfer_sidecar.metrics import SnapshotCollector, SupervisionCollector
+from capinfer_sidecar.supervisor import Supervisor
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -38,8 +41,16 @@ def exposed_metric_names() -> set[str]:
             reason="r",
             clock_control=True,
             degraded=None,
+            quarantined_batch_sizes=(32,),
         )
     )
+    supervisor = Supervisor(monotonic=lambda: 0.0)
+
+    async def finishes() -> None:
+        return None
+
+    asyncio.run(supervisor.supervise("control-loop", finishes))
+    SupervisionCollector(supervisor, SpecStatus(), {"model": "m", "pod": "p"}).register(registry)
     text = generate_latest(registry).decode()
     return {
         line.split("{")[0].split(" ")[0]

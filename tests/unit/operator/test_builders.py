@@ -65,6 +65,33 @@ def test_sidecar_finds_its_pod_object_and_triton_and_requests_no_gpu() -> None:
     assert deployment["spec"]["template"]["spec"]["nodeSelector"] == SPEC["nodeSelector"]
 
 
+def test_sidecar_startup_probe_covers_long_model_loads() -> None:
+    sidecar = containers(build_deployment(TARGET, SPEC, "i"))["capinfer-sidecar"]
+    startup = sidecar["startupProbe"]
+    assert startup["httpGet"] == {"path": "/startupz", "port": "sidecar-metrics"}
+    allowed_s = startup["periodSeconds"] * startup["failureThreshold"]
+    assert 600 < allowed_s <= 660  # the default timeout, and the sidecar's own word first
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["CAPINFER_STARTUP_TIMEOUT_S"] == "600"
+    assert "initialDelaySeconds" not in sidecar["livenessProbe"]  # the startup probe holds it
+
+
+def test_the_startup_timeout_is_set_per_object_and_rolls_the_pods() -> None:
+    slow = copy.deepcopy(SPEC)
+    slow["triton"]["startupTimeoutSeconds"] = 1800
+    deployment = build_deployment(TARGET, slow, "i")
+    sidecar = containers(deployment)["capinfer-sidecar"]
+    startup = sidecar["startupProbe"]
+    assert 1800 < startup["periodSeconds"] * startup["failureThreshold"] <= 1860
+    assert {e["name"]: e.get("value") for e in sidecar["env"]}["CAPINFER_STARTUP_TIMEOUT_S"] == (
+        "1800"
+    )
+    default = build_deployment(TARGET, SPEC, "i")
+    assert template_hash(deployment["spec"]["template"]) != template_hash(
+        default["spec"]["template"]
+    )
+
+
 def test_sidecar_privileges_follow_clock_control() -> None:
     with_clocks = containers(build_deployment(TARGET, SPEC, "i"))["capinfer-sidecar"]
     assert with_clocks["securityContext"]["capabilities"] == {

@@ -83,6 +83,54 @@ def test_a_sidecar_still_on_the_old_cap_is_catching_up_not_failing() -> None:
     assert (conditions[0]["status"], conditions[0]["reason"]) == ("Unknown", "CapChanging")
 
 
+def test_a_sidecar_whose_task_keeps_failing_makes_cap_met_false_not_changing() -> None:
+    # The cap follower died on the old cap: before, this read "CapChanging" forever.
+    pods = [
+        {"name": "a", "powerWatts": 150.0, "capWatts": 180},
+        {
+            "name": "b", "powerWatts": 150.0, "capWatts": 180, "failedTask": "cap-follower",
+            "problem": "cap-follower keeps failing (3 times in a row): GpuError: Unknown Error",
+        },
+    ]  # fmt: skip
+    _, conditions = aggregate_pods(pods, 120, generation=2, now="t")
+    cap_met = conditions[0]
+    assert (cap_met["status"], cap_met["reason"]) == ("False", "SidecarFailing")
+    assert cap_met["message"].startswith("b: cap-follower keeps failing")
+    assert "a:" not in cap_met["message"]
+
+
+def test_a_spec_a_sidecar_rejected_makes_cap_met_false() -> None:
+    pods = [
+        {
+            "name": "a", "powerWatts": 150.0, "capWatts": 180,
+            "problem": "spec.power not applied, the last good settings stay: unknown policy",
+        },
+    ]  # fmt: skip
+    _, conditions = aggregate_pods(pods, 180, generation=2, now="t")
+    assert (conditions[0]["status"], conditions[0]["reason"]) == ("False", "SpecNotApplied")
+    assert "unknown policy" in conditions[0]["message"]
+
+
+def test_a_degraded_sidecar_makes_cap_met_unknown() -> None:
+    pods = [
+        {"name": "a", "capWatts": 180, "message": "GPU lost: nvmlDeviceGetFieldValues"},
+        {"name": "b", "powerWatts": 150.0, "capWatts": 180},
+    ]
+    _, conditions = aggregate_pods(pods, 180, generation=2, now="t")
+    cap_met = conditions[0]
+    assert (cap_met["status"], cap_met["reason"]) == ("Unknown", "Degraded")
+    assert "a: GPU lost" in cap_met["message"]
+
+
+def test_over_the_cap_is_said_first() -> None:
+    pods = [
+        {"name": "a", "powerWatts": 200.0, "capWatts": 180},
+        {"name": "b", "capWatts": 180, "failedTask": "control-loop", "problem": "x"},
+    ]
+    _, conditions = aggregate_pods(pods, 180, generation=2, now="t")
+    assert conditions[0]["reason"] == "OverCap"
+
+
 def test_clock_control_switched_off_by_the_user_is_not_a_failure_of_the_node() -> None:
     pods = [{"name": "a", "powerWatts": 100.0, "capWatts": 180, "clockControl": False}]
     _, conditions = aggregate_pods(pods, 180, 1, "t", clock_control_wanted=False)

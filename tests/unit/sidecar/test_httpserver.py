@@ -33,7 +33,19 @@ async def test_probes_follow_the_loop_and_metrics_are_exposed() -> None:
 
             assert (await status("/healthz"))[0] == 200
             assert (await status("/readyz")) == (503, "starting\n")
+            health.waiting("waiting for Triton to serve model 'm'")
+            clock.now_s += 600  # a long model load: alive, not started, not ready
+            assert (await status("/healthz")) == (200, "waiting for Triton to serve model 'm'\n")
+            assert (await status("/startupz"))[0] == 503
+            assert (await status("/readyz"))[0] == 503
             health.sampled(degraded=None)
+            assert (await status("/startupz")) == (200, "ok\n")
+            assert (await status("/readyz"))[0] == 200
+            problems: list[str] = ["control-loop keeps failing (3 times in a row): boom"]
+            health.problem = lambda: problems[0] if problems else None
+            assert (await status("/readyz")) == (503, problems[0] + "\n")
+            assert (await status("/healthz"))[0] == 200
+            problems.clear()
             assert (await status("/readyz"))[0] == 200
             health.sampled(degraded="power readings stopped")
             assert (await status("/readyz")) == (503, "power readings stopped\n")

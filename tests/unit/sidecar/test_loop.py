@@ -3,132 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import pytest
+from loop_fakes import SETTINGS, FakeGpu, FakeServer, FakeTime, ScriptedPolicy, make_loop
 
-from capinfer_sidecar.gpu.errors import GpuPermissionError
-from capinfer_sidecar.loop import (
-    ControlLoop,
-    LoopSnapshot,
-    ServerCounters,
-)
-from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
-
-SETTINGS = PowerSettings(
-    cap_watts=200, batch_sizes=(1, 4, 16), clock_levels_mhz=(600, 900, 1200), band=0.8
-)
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now_s = 100.0
-
-    def monotonic(self) -> float:
-        return self.now_s
-
-    async def sleep(self, seconds: float) -> None:
-        self.now_s += seconds
-        await asyncio.sleep(0)
-
-
-@dataclass
-class FakeGpu:
-    readings_watts: list[float | None]
-    energy_j: float = 0.0
-    clock_refused: bool = False
-    locked_mhz: int | None = None
-    resets: int = 0
-
-    def power_watts(self) -> float:
-        value = self.readings_watts[0] if len(self.readings_watts) == 1 else None
-        if len(self.readings_watts) > 1:
-            value = self.readings_watts.pop(0)
-        if value is None:
-            raise RuntimeError("no reading")
-        self.energy_j += value * 0.02
-        return value
-
-    def energy_joules(self) -> float:
-        return self.energy_j
-
-    def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None:
-        if self.clock_refused:
-            raise GpuPermissionError("set locked clocks", "NO_PERMISSION")
-        self.locked_mhz = clock_mhz
-
-    def reset_sm_clock(self) -> None:
-        self.resets += 1
-        self.locked_mhz = None
-
-
-@dataclass
-class FakeServer:
-    inferences: int = 0
-    batches: int = 0
-    reachable: bool = True
-    fail_reload: bool = False
-    release_reload: asyncio.Event = field(default_factory=asyncio.Event)
-    applied: list[int] = field(default_factory=list)
-
-    async def counters(self) -> ServerCounters:
-        if not self.reachable:
-            raise ConnectionError("refused")
-        self.inferences += 40
-        self.batches += 10
-        return ServerCounters(self.inferences, self.batches, queue_depth=3)
-
-    async def apply_max_batch_size(self, batch_size: int) -> None:
-        await self.release_reload.wait()
-        if self.fail_reload:
-            raise RuntimeError("load failed")
-        self.applied.append(batch_size)
-
-
-class ScriptedPolicy(Policy):
-    """Asks for fixed knobs and records what it observed."""
-
-    name = "scripted"
-
-    def __init__(self, knobs: Knobs) -> None:
-        self.knobs = knobs
-        self.observations: list[Observation] = []
-        self.settings_seen: list[PowerSettings] = []
-        self.clock_disabled = ""
-
-    def start(self, settings: PowerSettings, now_s: float) -> Decision:
-        self.settings_seen.append(settings)
-        return Decision(self.knobs, "start", "starting")
-
-    def update_settings(self, settings: PowerSettings, now_s: float) -> Decision:
-        self.settings_seen.append(settings)
-        if not settings.clock_control:
-            self.knobs = Knobs(self.knobs.batch_size, None)
-        return Decision(self.knobs, "settings", "restarted")
-
-    def step(self, observation: Observation) -> Decision:
-        self.observations.append(observation)
-        return Decision(self.knobs, "steady", "settled")
-
-    def disable_clock_control(self, reason: str) -> None:
-        self.clock_disabled = reason
-
-
-def make_loop(
-    policy: Policy, gpu: FakeGpu, server: FakeServer, time: FakeTime
-) -> tuple[ControlLoop, list[LoopSnapshot]]:
-    snapshots: list[LoopSnapshot] = []
-    loop = ControlLoop(
-        policy=policy,
-        settings=SETTINGS,
-        gpu=gpu,
-        server=server,
-        initial_batch_size=1,
-        monotonic=time.monotonic,
-        sleep=time.sleep,
-        on_snapshot=snapshots.append,
-    )
-    return loop, snapshots
+from capinfer_sidecar.gpu.errors import GpuError, GpuLostError
+from capinfer_sidecar.loop import LoopSnapshot
+from capinfer_sidecar.policies.base import Decision, Knobs, Observation, PowerSettings
+from capinfer_sidecar.reloads import ReloadGovernor
+from capinfer_sidecar.supervisor import Supervisor
 
 
 async def test_peak_power_and_counters_reach_the_policy() -> None:
@@ -236,3 +119,158 @@ async def test_a_new_cap_moves_the_clock_at_once_not_at_the_next_sample() -> Non
     lower = PowerSettings(120, SETTINGS.batch_sizes, SETTINGS.clock_levels_mhz, SETTINGS.band)
     loop.update_settings(lower)
     assert gpu.locked_mhz == 600
+
+
+def unknown_error() -> GpuError:
+    return GpuError("nvmlDeviceGetFieldValues", "Unknown Error", 999)
+
+
+def nvml_timeout() -> GpuError:
+    return GpuError("nvmlDeviceSetGpuLockedClocks", "Timeout", 10)
+
+
+async def test_transient_power_errors_are_retried_without_a_failsafe() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([150.0], power_errors=[unknown_error() for _ in range(12)])
+    policy = ScriptedPolicy(Knobs(4, 1200))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    snapshots = [await loop.sample_once() for _ in range(5)]
+    # 12 failed reads = 2.4 samples without a reading: below stale_after_s (2 s).
+    assert [s.degraded for s in snapshots] == [None] * 5
+    assert all(s.policy_state != "failsafe" for s in snapshots)
+    assert gpu.locked_mhz == 1200
+    assert policy.observations[-1].power_watts == 150.0
+
+
+async def test_a_transient_clock_error_is_retried_and_the_loop_carries_on() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([150.0], clock_errors=[unknown_error(), nvml_timeout()])
+    policy = ScriptedPolicy(Knobs(1, 900))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    first = await loop.sample_once()
+    assert first.sm_clock_mhz is None and gpu.locked_mhz is None  # not applied yet
+    await loop.sample_once()
+    third = await loop.sample_once()
+    assert third.sm_clock_mhz == 900 and gpu.locked_mhz == 900
+    assert third.clock_control  # a transient error is not a refusal
+
+
+async def test_a_clock_that_keeps_failing_is_not_called_control() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([150.0], clock_errors=[nvml_timeout() for _ in range(40)])
+    loop, _ = make_loop(ScriptedPolicy(Knobs(4, 1200)), gpu, FakeServer(), time)
+    snapshots = [await loop.sample_once() for _ in range(50)]
+    assert snapshots[10].degraded is None  # 1 s of failed sets: retried quietly
+    failing = snapshots[30]
+    assert failing.degraded is not None and "SM clock cannot be set" in failing.degraded
+    assert failing.policy_state == "failsafe"
+    assert snapshots[-1].degraded is None and gpu.locked_mhz == 1200  # it works again
+
+
+async def test_a_lost_gpu_means_the_failsafe_at_once() -> None:
+    time = FakeTime()
+    lost = [GpuLostError("nvmlDeviceGetFieldValues", "GPU is lost", 15) for _ in range(5)]
+    gpu = FakeGpu([150.0], power_errors=lost)
+    policy = ScriptedPolicy(Knobs(16, 1200))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    first = await loop.sample_once()
+    assert first.degraded is not None and first.degraded.startswith("GPU lost")
+    assert first.policy_state == "failsafe" and first.requested_batch_size == 1
+    assert gpu.locked_mhz == 600
+    recovered = await loop.sample_once()
+    assert recovered.degraded is None
+
+
+async def test_a_refused_batch_size_is_quarantined_not_reloaded_600_times() -> None:
+    time = FakeTime()
+    server = FakeServer(fail_reload=True)
+    server.release_reload.set()
+    policy = ScriptedPolicy(Knobs(16, None))
+    loop, _ = make_loop(policy, FakeGpu([120.0]), server, time)
+    for _ in range(600):  # 60 s of samples, the policy asking for 16 throughout
+        snapshot = await loop.sample_once()
+        await asyncio.sleep(0)
+    assert 1 <= len(server.attempts) <= 3
+    assert snapshot.reload_failures == len(server.attempts)
+    assert snapshot.quarantined_batch_sizes == (16,)
+    assert snapshot.batch_size == 1
+    assert snapshot.reload_blocked is not None and "quarantined" in snapshot.reload_blocked
+
+
+async def test_a_hanging_load_times_out_and_the_old_batch_keeps_serving() -> None:
+    time = FakeTime()
+    server = FakeServer()  # release_reload never set: the load hangs
+    reloads = ReloadGovernor(first_timeout_s=5, base_backoff_s=30)
+    loop, _ = make_loop(ScriptedPolicy(Knobs(16, 900)), FakeGpu([120.0]), server, time, reloads)
+    snapshots = [await loop.sample_once() for _ in range(60)]  # 6 s
+    assert server.attempts == [16]
+    assert snapshots[40].reload_failures == 0
+    assert snapshots[-1].reload_failures == 1
+    assert snapshots[-1].batch_size == 1
+    assert snapshots[-1].reload_blocked is not None
+
+
+async def test_a_failed_run_holds_the_lowest_clock_and_can_run_again() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([120.0])
+
+    class Breaks(ScriptedPolicy):
+        def step(self, observation: Observation) -> Decision:
+            if len(self.observations) == 2:
+                self.observations.append(observation)
+                raise ZeroDivisionError("a policy bug")
+            return super().step(observation)
+
+    policy = Breaks(Knobs(1, 1200))
+    loop, snapshots = make_loop(policy, gpu, FakeServer(), time)
+    with pytest.raises(ZeroDivisionError):
+        await loop.run()
+    assert gpu.locked_mhz == 600 and gpu.resets == 0  # locked low, not handed back
+    policy.knobs = Knobs(1, 900)
+
+    def stop_after_two(snapshot: LoopSnapshot) -> None:
+        snapshots.append(snapshot)
+        if len(snapshots) >= 4:
+            loop.stop()
+
+    loop.on_snapshot = stop_after_two
+    await loop.run()
+    assert gpu.resets == 1 and gpu.locked_mhz is None  # a clean stop gives clocks back
+
+
+async def test_under_its_supervisor_a_failing_loop_is_reported_then_recovers() -> None:
+    time = FakeTime()
+    gpu = FakeGpu([120.0])
+    failures_left = 3
+
+    class BreaksThrice(ScriptedPolicy):
+        def step(self, observation: Observation) -> Decision:
+            nonlocal failures_left
+            if failures_left:
+                failures_left -= 1
+                raise RuntimeError("NVML_ERROR_UNKNOWN from a helper the policy called")
+            return super().step(observation)
+
+    loop, snapshots = make_loop(BreaksThrice(Knobs(1, 1200)), gpu, FakeServer(), time)
+    clocks_in_backoff: list[int | None] = []
+
+    async def backoff(seconds: float) -> None:
+        clocks_in_backoff.append(gpu.locked_mhz)
+        await time.sleep(seconds)
+
+    supervisor = Supervisor(monotonic=time.monotonic, sleep=backoff, healthy_after_s=5)
+    seen_failing: list[bool] = []
+
+    def on_snapshot(snapshot: LoopSnapshot) -> None:
+        snapshots.append(snapshot)
+        seen_failing.append(supervisor.failing("control-loop"))
+        if len(snapshots) == 100:  # 10 s of samples
+            loop.stop()
+
+    loop.on_snapshot = on_snapshot
+    await supervisor.supervise("control-loop", loop.run)
+    (state,) = supervisor.tasks
+    assert state.restarts == 3 and state.finished
+    assert clocks_in_backoff == [600, 600, 600]  # the lowest clock while it waits
+    assert seen_failing[0] and not seen_failing[-1]  # reported, then healthy again
+    assert gpu.locked_mhz is None and gpu.resets == 1  # a clean stop at the end

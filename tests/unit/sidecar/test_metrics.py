@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import replace
 
@@ -9,8 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from capinfer_sidecar.follower import SpecStatus
 from capinfer_sidecar.loop import LoopSnapshot
-from capinfer_sidecar.metrics import SnapshotCollector
+from capinfer_sidecar.metrics import SnapshotCollector, SupervisionCollector
+from capinfer_sidecar.supervisor import Supervisor
 
 SNAPSHOT = LoopSnapshot(
     now_s=100.0,
@@ -101,3 +104,57 @@ def test_unknown_readings_and_free_clocks_are_left_out(registry: CollectorRegist
     assert value("capinfer_sm_clock_mhz") is None
     assert value("capinfer_clock_control") == 0
     assert value("capinfer_degraded", {"reason": "power readings stopped"}) == 1
+
+
+def test_quarantined_batch_sizes_are_one_series_each(registry: CollectorRegistry) -> None:
+    collector = SnapshotCollector().register(registry)
+    collector.update(replace(SNAPSHOT, quarantined_batch_sizes=(32, 64)))
+    value = registry.get_sample_value
+    assert value("capinfer_reload_quarantined", {"batch_size": "32"}) == 1
+    assert value("capinfer_reload_quarantined", {"batch_size": "64"}) == 1
+    collector.update(SNAPSHOT)
+    assert value("capinfer_reload_quarantined", {"batch_size": "32"}) is None
+
+
+async def test_task_restarts_failing_tasks_and_rejected_specs(
+    registry: CollectorRegistry,
+) -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    supervisor = Supervisor(monotonic=lambda: now[0], sleep=sleep, failing_after=2)
+    spec = SpecStatus()
+    SupervisionCollector(supervisor, spec, {"pod": "p"}).register(registry)
+    attempts = 0
+
+    async def fails_twice() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 2:
+            raise OSError("NVML timeout")
+
+    await supervisor.supervise("control-loop", fails_twice)
+    value = registry.get_sample_value
+    task = {"pod": "p", "task": "control-loop"}
+    assert value("capinfer_task_restarts_total", task) == 2
+    assert value("capinfer_task_failing", task) == 0  # it finished: no longer failing
+    assert value("capinfer_spec_invalid", {"pod": "p"}) == 0
+    running = asyncio.Event()
+
+    async def fails_then_hangs() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 5:
+            raise OSError("API server unreachable")
+        running.set()
+        await asyncio.Event().wait()
+
+    status_task = asyncio.create_task(supervisor.supervise("status", fails_then_hangs))
+    await running.wait()
+    assert value("capinfer_task_failing", {"pod": "p", "task": "status"}) == 1
+    status_task.cancel()
+    spec.rejected_total, spec.problem = 3, "spec.power.policy: unknown policy 'Adptive'"
+    assert value("capinfer_spec_rejected_total", {"pod": "p"}) == 3
+    assert value("capinfer_spec_invalid", {"pod": "p"}) == 1
