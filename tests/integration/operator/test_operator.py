@@ -204,7 +204,14 @@ def test_a_power_change_does_not_roll_pods_but_an_image_change_does(
         ),
     )
     assert len(replica_sets(cluster, namespace, "bert")) == 2
-    wait_for("Ready for generation 3", lambda: is_ready(cluster, namespace, "bert", generation=3))
+
+    def rolled_out() -> bool:
+        handled = status_of(cluster, namespace, "bert").get("observedGeneration") == 3
+        return handled and is_ready(cluster, namespace, "bert", generation=3)
+
+    wait_for("Ready for generation 3", rolled_out)
+    # No write from the apply's older view (RollingOut) may land after the rollout's end.
+    holds_for("Ready for generation 3 to stay", rolled_out, seconds=3)
     wait_for("a RollingOut event", lambda: "RollingOut" in event_reasons(
         cluster, namespace, "bert"))  # fmt: skip
 
