@@ -19,14 +19,17 @@
 #   debootstrap-debs/     the Debian packages debootstrap downloaded
 # The stand-in is made once (about a minute) and reused; --rebuild-base makes it again.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+here="${BASH_SOURCE[0]%/*}"
+[[ "$here" != "${BASH_SOURCE[0]}" ]] || here=.
+# shellcheck source=image/common.sh
+source "$here/common.sh"
 
 rebuild_base=false
 for arg in "$@"; do
     case "$arg" in
         --rebuild-base) rebuild_base=true ;;
         -h | --help)
-            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+            help_text
             exit 0
             ;;
         *) die "unknown argument: $arg (usage: image/build.sh [--rebuild-base])" 2 ;;
@@ -34,26 +37,12 @@ for arg in "$@"; do
 done
 
 require_root
-require_tools buildah debootstrap chroot
+require_tools buildah debootstrap chroot sed
+init_storage
 
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR="${CAPINFER_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 CA_BUNDLE="${CAPINFER_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
-
-# The base the Dockerfile names, as a fully qualified reference.
-dockerfile_base() {
-    local value
-    value="$(sed -n 's/^ARG PYTHON_IMAGE=\(.*\)$/\1/p' "$REPO/Dockerfile" | head -n 1)"
-    [[ -n "$value" ]] || die "the Dockerfile has no 'ARG PYTHON_IMAGE=<default>'"
-    [[ "$value" != *@* ]] || die "the Dockerfile pins PYTHON_IMAGE by digest ($value): \
-a stand-in cannot carry that digest; build with the real base instead"
-    case "$value" in
-        */*/*) ;;
-        */*) value="docker.io/$value" ;;
-        *) value="docker.io/library/$value" ;;
-    esac
-    printf '%s\n' "$value"
-}
 
 build_base() {
     local ref="$1" ctr root pyversion

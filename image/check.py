@@ -25,6 +25,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from apirefusals import refusals_in  # noqa: E402  (the recognizer the tests use)
-
 from capinfer.localcluster.cluster import LocalCluster  # noqa: E402
 
 RUN = REPO / "image" / "run.sh"
@@ -69,7 +69,7 @@ print(json.dumps({
 """
 
 
-class CheckFailed(Exception):
+class CheckFailedError(Exception):
     pass
 
 
@@ -81,7 +81,7 @@ def wait_for(what: str, condition: Callable[[], bool], timeout_s: float) -> None
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise CheckFailed(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            raise CheckFailedError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.5)
 
 
@@ -95,7 +95,7 @@ def check_confinement() -> None:
     say("identity and read-only root, from inside the image")
     result = run_image("--entrypoint", "python", "--", "-c", PROBE)
     if result.returncode != 0:
-        raise CheckFailed(f"the probe failed ({result.returncode}):\n{result.stderr}")
+        raise CheckFailedError(f"the probe failed ({result.returncode}):\n{result.stderr}")
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     print(json.dumps(seen, indent=2), flush=True)
     expected_writes = {
@@ -114,14 +114,14 @@ def check_confinement() -> None:
         if seen[key] != want
     ]  # fmt: skip
     if problems:
-        raise CheckFailed("confinement: " + "; ".join(problems))
+        raise CheckFailedError("confinement: " + "; ".join(problems))
 
 
 def check_sidecar_help() -> None:
     say("capinfer-sidecar --help")
     result = run_image("--entrypoint", "capinfer-sidecar", "--", "--help")
     if result.returncode != 0 or not result.stdout.startswith("usage: capinfer-sidecar"):
-        raise CheckFailed(
+        raise CheckFailedError(
             f"capinfer-sidecar --help: exit {result.returncode}\n{result.stdout}{result.stderr}"
         )
     print("\n".join(result.stdout.splitlines()[:3]) + "\n...", flush=True)
@@ -183,15 +183,13 @@ def healthy(url: str) -> bool:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def check_operator(image: str, folder: Path) -> None:
+def check_operator(image: str, folder: Path, log_path: Path) -> None:
     cluster = LocalCluster(CLUSTER_NAME)
     started_here = not cluster.status().running
     say(f"local cluster {CLUSTER_NAME!r} " + ("starting" if started_here else "already running"))
@@ -199,7 +197,6 @@ def check_operator(image: str, folder: Path) -> None:
     suffix = uuid.uuid4().hex[:6]
     system_ns, app_ns = f"capinfer-system-{suffix}", f"image-check-{suffix}"
     operator: subprocess.Popen[str] | None = None
-    log_path = folder / "operator.log"
     try:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
         cluster.kubectl(
@@ -227,14 +224,16 @@ def check_operator(image: str, folder: Path) -> None:
         cluster.kubectl("apply", "-f", "-", input_text=json.dumps(inference("resnet", app_ns)))
         wait_for("the Deployment", lambda: get_json(cluster, "deploy", "resnet", "-n", app_ns), 120)
         deployment = get_json(cluster, "deploy", "resnet", "-n", app_ns)
-        images = {c["name"]: c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]}
+        images = {
+            c["name"]: c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]
+        }
         if images.get("capinfer-sidecar") != image:
-            raise CheckFailed(f"the sidecar container runs {images}, expected {image}")
+            raise CheckFailedError(f"the sidecar container runs {images}, expected {image}")
         say(f"Deployment resnet created: containers {images}")
 
         def reported() -> bool:
             status = (get_json(cluster, "pci", "resnet", "-n", app_ns) or {}).get("status", {})
-            return status.get("replicas") == 2 and status.get("readyReplicas") == 2
+            return bool(status.get("replicas") == 2 and status.get("readyReplicas") == 2)
 
         wait_for("status.replicas == readyReplicas == 2", reported, 180)
         say("status reports 2 replicas, 2 ready")
@@ -245,18 +244,18 @@ def check_operator(image: str, folder: Path) -> None:
         if started_here:
             cluster.down()
     if code != 0:
-        tail = "\n".join(log_text.splitlines()[-30:])
-        raise CheckFailed(f"the operator exited with {code} on SIGTERM:\n{tail}")
+        tail = "\n".join(log_text.splitlines()[-30:])  # the whole log stays at log_path
+        raise CheckFailedError(f"the operator exited with {code} on SIGTERM:\n{tail}")
     say("operator stopped on SIGTERM with status 0")
     refusals = refusals_in(log_text)
     if refusals:
-        raise CheckFailed("the API server refused the operator:\n" + "\n".join(refusals))
+        raise CheckFailedError("the API server refused the operator:\n" + "\n".join(refusals))
     say("the API server refused the operator nothing")
 
 
 def _alive(operator: subprocess.Popen[str], url: str) -> bool:
     if operator.poll() is not None:
-        raise CheckFailed(f"the operator exited with {operator.returncode} before it was live")
+        raise CheckFailedError(f"the operator exited with {operator.returncode} before it was live")
     return healthy(url)
 
 
@@ -282,13 +281,16 @@ def main() -> int:
         ["bash", "-c", f"source {REPO / 'image' / 'common.sh'} && echo $IMAGE"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
+    cache = Path(os.environ.get("CAPINFER_CACHE_DIR") or Path.home() / ".cache" / "capinfer")
+    log_path = cache / "images" / "check" / "operator.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capinfer-image-check-") as folder:
         try:
             check_confinement()
             check_sidecar_help()
-            check_operator(image, Path(folder))
-        except CheckFailed as failure:
+            check_operator(image, Path(folder), log_path)
+        except CheckFailedError as failure:
             print(f"check.py: FAILED: {failure}", file=sys.stderr)
             return 1
     say(f"image {image}: every check passed in {time.monotonic() - started:.0f} s")

@@ -30,11 +30,15 @@
 # bounding set is left as it is: dropping it before chroot would also drop chroot's own.)
 # SIGTERM and SIGINT to this script reach the process; the container is removed at exit.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+here="${BASH_SOURCE[0]%/*}"
+[[ "$here" != "${BASH_SOURCE[0]}" ]] || here=.
+# shellcheck source=image/common.sh
+source "$here/common.sh"
 
 usage="usage: image/run.sh [--entrypoint PROGRAM] [--env NAME=VALUE]... \
 [--volume HOST:PATH[:ro]]... [--image REF] [-- ARG...]"
 entrypoint=""
+image_ref=""
 extra_env=()
 volumes=()
 args=()
@@ -44,9 +48,9 @@ while (($#)); do
         --entrypoint) entrypoint="${2:?--entrypoint needs a program}"; shift 2 ;;
         --env) extra_env+=("${2:?--env needs NAME=VALUE}"); shift 2 ;;
         --volume) volumes+=("${2:?--volume needs HOST:PATH[:ro]}"); shift 2 ;;
-        --image) IMAGE="${2:?--image needs a reference}"; shift 2 ;;
+        --image) image_ref="${2:?--image needs a reference}"; shift 2 ;;
         -h | --help)
-            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+            help_text
             exit 0
             ;;
         --) shift; args=("$@"); have_args=true; break ;;
@@ -59,6 +63,8 @@ done
 
 require_root
 require_tools buildah unshare setpriv chroot mount python3
+init_storage
+[[ -z "$image_ref" ]] || IMAGE="$image_ref"
 image_exists "$IMAGE" || die "no image $IMAGE in $CACHE/storage: build it with \`make image\`" 3
 
 # The image's config, one field per line (Env and the command NUL-free, JSON-decoded).
@@ -101,7 +107,7 @@ fi
 ((${#command_line[@]})) || die "the image has no Entrypoint or Cmd and none was given" 2
 
 ctr="$("${BUILDAH[@]}" from --pull=never --name "capinfer-run-$$" "$IMAGE")"
-child=""
+# shellcheck disable=SC2329  # invoked by the EXIT trap
 cleanup() {
     "${BUILDAH[@]}" rm "$ctr" >/dev/null 2>&1 || true
 }
@@ -136,6 +142,7 @@ for spec in "${volumes[@]}"; do
 done
 
 # Runs as root in the new namespaces: mounts, then the image's process.
+# shellcheck disable=SC2016  # expanded by the inner bash, from its arguments
 inside='
 set -euo pipefail
 root="$1" uid="$2" gid="$3" nvolumes="$4"; shift 4
@@ -170,11 +177,12 @@ env -i "${env_list[@]}" \
     bash -c "$inside" capinfer-run "$root" "$uid" "$gid" "$((${#volume_args[@]} / 3))" \
     "${volume_args[@]}" "${command_line[@]}" &
 launcher=$!
+# shellcheck disable=SC2329  # invoked by the TERM and INT traps
 forward() {
     # The image's process is unshare's only child: PID 1 of its namespace.
-    local pid
-    pid="$(cat "/proc/$launcher/task/$launcher/children" 2>/dev/null || true)"
-    [[ -n "${pid// /}" ]] && kill -s "$1" ${pid} 2>/dev/null || true
+    local pid=""
+    read -r pid _ <"/proc/$launcher/task/$launcher/children" 2>/dev/null || true
+    [[ -z "$pid" ]] || kill -s "$1" "$pid" 2>/dev/null || true
 }
 trap 'forward TERM' TERM
 trap 'forward INT' INT
