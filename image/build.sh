@@ -107,7 +107,9 @@ step "building $IMAGE from $REPO/Dockerfile (buildah bud, chroot isolation, no p
     --tag "$IMAGE" --file "$REPO/Dockerfile" "$REPO" \
     || die "buildah bud failed: see its output above"
 build_s=$((SECONDS - start - base_s))
+# The storage is capinfer's own: an image a rebuild untagged is a full vfs copy, never used.
+"${BUILDAH[@]}" rmi --prune >/dev/null
 
 step "built $IMAGE: $(image_size "$IMAGE") uncompressed (base stand-in step ${base_s} s, \
 image build ${build_s} s)"
-step "run it: image/run.sh -- --help   |   check it: image/check.sh"
+step "run it: image/run.sh --help   |   check it: make image-check"
