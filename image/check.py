@@ -85,15 +85,16 @@ def wait_for(what: str, condition: Callable[[], bool], timeout_s: float) -> None
         time.sleep(0.5)
 
 
-def run_image(*args: str) -> subprocess.CompletedProcess[str]:
+def run_image(image: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(RUN), *args], capture_output=True, text=True, check=False, timeout=300
-    )
+        ["bash", str(RUN), "--image", image, *args],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
 
 
-def check_confinement() -> None:
+def check_confinement(image: str) -> None:
     say("identity and read-only root, from inside the image")
-    result = run_image("--entrypoint", "python", "--", "-c", PROBE)
+    result = run_image(image, "--entrypoint", "python", "--", "-c", PROBE)
     if result.returncode != 0:
         raise CheckFailedError(f"the probe failed ({result.returncode}):\n{result.stderr}")
     seen = json.loads(result.stdout.strip().splitlines()[-1])
@@ -117,9 +118,9 @@ def check_confinement() -> None:
         raise CheckFailedError("confinement: " + "; ".join(problems))
 
 
-def check_sidecar_help() -> None:
+def check_sidecar_help(image: str) -> None:
     say("capinfer-sidecar --help")
-    result = run_image("--entrypoint", "capinfer-sidecar", "--", "--help")
+    result = run_image(image, "--entrypoint", "capinfer-sidecar", "--", "--help")
     if result.returncode != 0 or not result.stdout.startswith("usage: capinfer-sidecar"):
         raise CheckFailedError(
             f"capinfer-sidecar --help: exit {result.returncode}\n{result.stdout}{result.stderr}"
@@ -210,7 +211,7 @@ def check_operator(image: str, folder: Path, log_path: Path) -> None:
         say(f"capinfer-operator from the image, liveness on {health_url}; log: {log_path}")
         with log_path.open("w") as log:
             operator = subprocess.Popen(
-                ["bash", str(RUN),
+                ["bash", str(RUN), "--image", image,
                  "--volume", f"{kubeconfig}:/etc/capinfer/kubeconfig:ro",
                  "--env", "KUBECONFIG=/etc/capinfer/kubeconfig",
                  "--", "--all-namespaces", "--standalone", "--log-level", "DEBUG",
@@ -278,17 +279,20 @@ def main() -> int:
         print("check.py: error: must run as root (image/run.sh does)", file=sys.stderr)
         return 2
     image = os.environ.get("CAPINFER_IMAGE") or subprocess.run(
-        ["bash", "-c", f"source {REPO / 'image' / 'common.sh'} && echo $IMAGE"],
+        ["bash", "-c", f"source {REPO / 'image' / 'common.sh'} && init_storage && echo $IMAGE"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
+    if not image:
+        print("check.py: error: no image name (CAPINFER_IMAGE or image/common.sh)", file=sys.stderr)
+        return 2
     cache = Path(os.environ.get("CAPINFER_CACHE_DIR") or Path.home() / ".cache" / "capinfer")
     log_path = cache / "images" / "check" / "operator.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capinfer-image-check-") as folder:
         try:
-            check_confinement()
-            check_sidecar_help()
+            check_confinement(image)
+            check_sidecar_help(image)
             check_operator(image, Path(folder), log_path)
         except CheckFailedError as failure:
             print(f"check.py: FAILED: {failure}", file=sys.stderr)

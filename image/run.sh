@@ -24,7 +24,8 @@
 #     null, zero, full, random, urandom and tty (then read-only too).
 #   - each --volume is bind-mounted (read-only with :ro) on a mount point made in the
 #     container's copy before the root turns read-only; PATH must not cross a symlink.
-# Then `setpriv --no-new-privs chroot --userspec=UID:GID --groups=GID ROOT ENTRYPOINT...`:
+# Then `setpriv --no-new-privs env -i IMAGE_ENV... chroot --userspec=UID:GID --groups=GID
+# ROOT ENTRYPOINT...` (the process sees the image's environment and nothing of this one's):
 # setuid() away from root clears the permitted and effective capability sets, and
 # no_new_privs stops any setuid or file-capability binary from regaining them. (The
 # bounding set is left as it is: dropping it before chroot would also drop chroot's own.)
@@ -145,7 +146,7 @@ done
 # shellcheck disable=SC2016  # expanded by the inner bash, from its arguments
 inside='
 set -euo pipefail
-root="$1" uid="$2" gid="$3" nvolumes="$4"; shift 4
+root="$1" uid="$2" gid="$3" nvolumes="$4" nenv="$5"; shift 5
 mount --bind "$root" "$root"
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
@@ -168,14 +169,19 @@ for ((i = 0; i < nvolumes; i++)); do
     shift 3
 done
 mount -o remount,bind,ro "$root"
-unset PWD OLDPWD SHLVL
-exec setpriv --no-new-privs chroot --userspec="$uid:$gid" --groups="$gid" "$root" "$@"
+environment=("${@:1:nenv}")
+shift "$nenv"
+exec "$SETPRIV" --no-new-privs "$ENV_BIN" -i "${environment[@]}" \
+    "$CHROOT" --userspec="$uid:$gid" --groups="$gid" "$root" "$@"
 '
+# The process's environment is the image's, nothing of this shell's (env -i at the last
+# step; the tools before it are this machine's, by absolute path).
 env_list=("${image_env[@]}" "HOME=$home" "HOSTNAME=$(hostname)" "${extra_env[@]}")
-env -i "${env_list[@]}" \
+SETPRIV="$(command -v setpriv)" ENV_BIN="$(command -v env)" CHROOT="$(command -v chroot)" \
     unshare --mount --propagation private --pid --fork --kill-child=SIGKILL \
-    bash -c "$inside" capinfer-run "$root" "$uid" "$gid" "$((${#volume_args[@]} / 3))" \
-    "${volume_args[@]}" "${command_line[@]}" &
+    bash -c "$inside" capinfer-run "$root" "$uid" "$gid" \
+    "$((${#volume_args[@]} / 3))" "${#env_list[@]}" \
+    "${volume_args[@]}" "${env_list[@]}" "${command_line[@]}" &
 launcher=$!
 # shellcheck disable=SC2329  # invoked by the TERM and INT traps
 forward() {
