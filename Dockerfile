@@ -5,6 +5,8 @@
 # In a pod, `command: ["capinfer-sidecar"]` selects the sidecar (it replaces ENTRYPOINT).
 #
 # Build: docker build -t capinfer:0.1.0 .
+# Without Docker or a registry: `make image` (image/build.sh: buildah, on a stand-in for
+# the base made from Debian's packages; see that script).
 #
 # The base is pinned by tag only: its digest could not be resolved where this file was
 # written (no registry access). Pin it by digest before publishing, e.g.

@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup binaries lint test unit demo cluster-up cluster-down clean
+.PHONY: help setup binaries lint test unit demo cluster-up cluster-down image image-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -44,6 +44,12 @@ cluster-up: binaries ## start the local cluster (prints the kubeconfig path)
 
 cluster-down: setup ## stop the local cluster
 	$(BIN)/capinfer cluster down
+
+image: ## build the image with buildah, on a stand-in base (root; image/build.sh)
+	bash image/build.sh
+
+image-check: setup binaries ## run the built image read-only as UID 65532: sidecar --help, operator on the local cluster
+	$(BIN)/python image/check.py
 
 clean: ## remove the virtualenv and caches in the repo (not the binary cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
