@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from capinfer.bench import BASELINE, BenchResult, JobOutcome
 from capinfer.errors import UserError
-from capinfer_sidecar.sim.bench import BASELINE, BenchResult, JobOutcome
 
 DPI = 100
 MAX_TIMELINES = 6

@@ -25,11 +25,19 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from capinfer_sidecar.gpu.errors import GpuError, GpuLostError, GpuRefusedError
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
+from capinfer_sidecar.ports import InferenceServer, PowerMeter, ServerCounters
 from capinfer_sidecar.reloads import ReloadGovernor
+
+__all__ = [
+    "ControlLoop",
+    "InferenceServer",
+    "LoopSnapshot",
+    "PowerMeter",
+    "ServerCounters",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,35 +45,6 @@ FAST_READS_PER_SAMPLE = 5
 """Instant-power reads inside one sample interval: the max approximates the peak."""
 THROUGHPUT_WINDOW_S = 2.0
 """Inferences/s is counted over this window: a sample interval can fall inside one batch."""
-
-
-class PowerMeter(Protocol):
-    """The GPU side the loop needs: readings and the clock knob."""
-
-    def power_watts(self) -> float: ...
-
-    def energy_joules(self) -> float: ...
-
-    def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None: ...
-
-    def reset_sm_clock(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ServerCounters:
-    """Cumulative counters of the controlled model, from Triton's statistics."""
-
-    inferences: int
-    batches: int
-    queue_depth: int | None = None
-
-
-class InferenceServer(Protocol):
-    """The Triton side the loop needs."""
-
-    async def counters(self) -> ServerCounters: ...
-
-    async def apply_max_batch_size(self, batch_size: int) -> None: ...
 
 
 @dataclass(frozen=True)

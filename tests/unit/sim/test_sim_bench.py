@@ -8,10 +8,8 @@ from textwrap import dedent
 
 import pytest
 
-from capinfer.cli import main
-from capinfer_sidecar.policies.base import Decision, Observation, Policy, PowerSettings
-from capinfer_sidecar.sim import bench as bench_module
-from capinfer_sidecar.sim.bench import (
+from capinfer import bench as bench_module
+from capinfer.bench import (
     PolicySpec,
     geometric_mean,
     parse_policy_list,
@@ -19,6 +17,8 @@ from capinfer_sidecar.sim.bench import (
     render_markdown,
     run_bench,
 )
+from capinfer.cli import main
+from capinfer_sidecar.policies.base import Decision, Observation, Policy, PowerSettings
 from capinfer_sidecar.sim.workloads import Job, load_workload
 from capinfer_sidecar.sim.yamlread import SpecError
 
