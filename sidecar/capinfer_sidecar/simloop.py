@@ -23,8 +23,8 @@ import copy
 import logging
 import selectors
 import time
-from collections.abc import Mapping, Sized
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sized
+from dataclasses import dataclass, replace
 from typing import Any
 
 from capinfer_sidecar.gpu.errors import GpuError, GpuLostError, GpuPermissionError
@@ -108,24 +108,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         await asyncio.sleep(delay_s)
 
 
-class _Collector(logging.Handler):
-    """Keeps the loop's warnings and errors of one run (and stops Python's last-resort
-    handler from printing them when nothing configured logging)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if len(self.records) < 200:
-            self.records.append(record.getMessage())
-
-
 @dataclass
 class _Observed:
     failsafe_s: float = 0.0
     last: LoopSnapshot | None = None
-    snapshots: list[LoopSnapshot] = field(default_factory=list)
 
 
 def run(
@@ -133,23 +119,31 @@ def run(
     policy: Policy,
     *,
     governor: ReloadGovernor | None = None,
-    keep_snapshots: bool = False,
+    on_snapshot: Callable[[LoopSnapshot], None] | None = None,
     batch_log: list[tuple[int, int]] | None = None,
 ) -> RunResult:
-    """Simulate ``config`` with ``policy`` in the production control loop."""
-    started = time.perf_counter()
-    collector = _Collector()
+    """Simulate ``config`` with ``policy`` in the production control loop.
+
+    ``on_snapshot`` sees every snapshot of the loop (what metrics and status see in a pod);
+    ``batch_log`` collects ``(batch formed, max batch size in effect)`` of every batch.
+    """
+    # The run's cost is the CPU time of this (single-threaded) process: wall-clock time on
+    # a shared machine also counts the waits for a core.
+    started = time.process_time()
+    # The loop logs its warnings (failed loads, the failsafe) as in a pod. Where nothing
+    # configured logging, a handler here keeps Python's last resort from printing them all.
+    quiet = logging.NullHandler()
     package_log = logging.getLogger("capinfer_sidecar")
-    package_log.addHandler(collector)
+    package_log.addHandler(quiet)
     loop = VirtualTimeLoop()
     try:
         result = loop.run_until_complete(
-            _simulate(config, policy, governor or ReloadGovernor(), keep_snapshots, batch_log)
+            _simulate(config, policy, governor or ReloadGovernor(), on_snapshot, batch_log)
         )
     finally:
         loop.close()
-        package_log.removeHandler(collector)
-    return replace(result, wall_s=time.perf_counter() - started)
+        package_log.removeHandler(quiet)
+    return replace(result, cpu_s=time.process_time() - started)
 
 
 def run_oracle(config: RunConfig) -> RunResult:
@@ -162,7 +156,7 @@ async def _simulate(
     config: RunConfig,
     policy: Policy,
     governor: ReloadGovernor,
-    keep_snapshots: bool,
+    snapshot_hook: Callable[[LoopSnapshot], None] | None,
     batch_log: list[tuple[int, int]] | None,
 ) -> RunResult:
     event_loop = asyncio.get_running_loop()
@@ -190,8 +184,8 @@ async def _simulate(
         if snapshot.degraded is not None:
             observed.failsafe_s += config.sample_interval_s
         observed.last = snapshot
-        if keep_snapshots:
-            observed.snapshots.append(snapshot)
+        if snapshot_hook is not None:
+            snapshot_hook(snapshot)
         view = LoopView(
             power_watts=snapshot.power_watts,
             requested_batch_size=snapshot.requested_batch_size,
@@ -237,7 +231,7 @@ async def _simulate(
         reload_failures=last.reload_failures if last is not None else 0,
         clock_changes=server.clock_changes,
         energy_joules=energy,
-        wall_s=0.0,
+        cpu_s=0.0,
         clock_control_refused=gpu.refused,
         failsafe_s=observed.failsafe_s,
         loop_failures=state.restarts + (1 if state.retry_at_s is not None else 0),

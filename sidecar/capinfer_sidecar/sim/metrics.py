@@ -67,7 +67,7 @@ class RunMetrics:
     mean_formed_batch: float
     mean_power_watts: float
     energy_joules: float
-    wall_s: float
+    cpu_s: float
     speedup: float
 
     @property
@@ -107,7 +107,7 @@ def compute_metrics(result: RunResult) -> RunMetrics:
         mean_formed_batch=result.inferences / result.batches if result.batches else 0.0,
         mean_power_watts=result.energy_joules / config.duration_s,
         energy_joules=result.energy_joules,
-        wall_s=result.wall_s,
+        cpu_s=result.cpu_s,
         speedup=result.speedup,
     )
 

@@ -86,7 +86,8 @@ class RunResult:
     """Loads that failed or were abandoned, as the loop counted them."""
     clock_changes: int
     energy_joules: float
-    wall_s: float
+    cpu_s: float
+    """CPU time the run took (the control loop, its policy and the simulator)."""
     clock_control_refused: bool
     failsafe_s: float = 0.0
     """Time the loop spent on its safe settings (stale or failing readings, lost GPU,
@@ -104,8 +105,8 @@ class RunResult:
 
     @property
     def speedup(self) -> float:
-        """Simulated seconds per wall-clock second."""
-        return self.config.duration_s / self.wall_s if self.wall_s > 0 else math.inf
+        """Simulated seconds per CPU second: how much faster than real time it runs."""
+        return self.config.duration_s / self.cpu_s if self.cpu_s > 0 else math.inf
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -177,20 +178,22 @@ class SimulatedServer:
 
     # -- asked from outside (each moves the server to ``now_s`` first) -------------------------
     def advance_to(self, until_s: float) -> None:
-        """Run the server's own events up to ``until_s``."""
+        """Run the server's own events up to ``until_s``: batches move on by themselves
+        between a clock taking effect and the end of a trace interval (at equal times a
+        batch event comes first, then the clock, then the trace)."""
         while True:
-            phase_s = self.phase_end_s
             clock_s = self._pending_clocks_s[0] if self._pending_clocks_s else math.inf
             tick_s = self._next_tick * self.dt if self._next_tick <= self.n_ticks else math.inf
-            at_s = min(phase_s, clock_s, tick_s)
-            if at_s > until_s:
+            other_s = min(clock_s, tick_s)
+            bound_s = min(other_s, until_s)
+            while self.phase_end_s <= bound_s:
+                self._phase_done(self.phase_end_s)
+            if other_s > until_s:
                 break
-            if phase_s == at_s:
-                self._phase_done(at_s)
-            elif clock_s == at_s:
-                self._clock_took_effect(at_s)
+            if clock_s == other_s:
+                self._clock_took_effect(other_s)
             else:
-                self._tick(at_s)
+                self._tick(other_s)
         self.now_s = max(self.now_s, until_s)
 
     def read_power_watts(self, now_s: float) -> float:
