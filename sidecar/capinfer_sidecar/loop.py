@@ -15,6 +15,8 @@ when the GPU refuses clock control it carries on with the batch knob alone. Relo
 :class:`~capinfer_sidecar.reloads.ReloadGovernor` (backoff, quarantine, rate, timeout).
 Clocks it locked are reset when it stops; when it fails, it locks the lowest clock before
 the error leaves :meth:`ControlLoop.run`, so the supervisor's backoff runs on safe clocks.
+Readings taken before new settings (a new cap) are never judged against them: the policy
+answers the new cap at once, and its next observation is of a whole interval after it.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ class ControlLoop:
     _inference_history: deque[tuple[float, int]] = field(default_factory=deque, init=False)
     _last_counters: ServerCounters = field(default=ServerCounters(0, 0), init=False)
     _stopping: bool = field(default=False, init=False)
+    _settings_version: int = field(default=0, init=False)
+    """Counts new settings and policies: readings taken before one are not judged by it."""
 
     def __post_init__(self) -> None:
         self._applied = Knobs(self.initial_batch_size, None)
@@ -137,6 +141,7 @@ class ControlLoop:
         )  # fmt: skip
         self._decision = self.policy.update_settings(settings, self.monotonic())
         self.settings = settings
+        self._settings_version += 1
         self._log_decision(self._decision)
         self._actuate_now(self._decision)
 
@@ -145,6 +150,7 @@ class ControlLoop:
         log.info("policy %s -> %s", self.policy.name, policy.name)
         self.policy = policy
         self._decision = policy.start(self.settings, self.monotonic())
+        self._settings_version += 1
         self._log_decision(self._decision)
 
     def stop(self) -> None:
@@ -168,6 +174,7 @@ class ControlLoop:
         await self.shutdown()
 
     async def sample_once(self) -> LoopSnapshot:
+        version = self._settings_version
         peak_watts = await self._peak_power_over_interval()
         now = self.monotonic()
         mean_watts = self._mean_power(now, peak_watts)
@@ -191,6 +198,11 @@ class ControlLoop:
             decision = self._safe_decision(degraded)
         elif peak_watts is None:
             decision = self._decision  # one missed reading: hold the current settings
+        elif version != self._settings_version:
+            # New settings (a new cap) arrived during this interval: its readings were
+            # taken, at least in part, under the old ones and must not be judged against
+            # the new. The policy's answer to them stands until a whole fresh interval.
+            decision = self._decision
         else:
             decision = self.policy.step(
                 Observation(
