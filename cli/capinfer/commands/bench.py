@@ -173,8 +173,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="simulate power policies on a workload and write a report",
         description=(
             "Run every job of a workload (YAML; format in capinfer_sidecar/sim/workloads.py"
-            " and bench/workloads/README.md) on the simulated GPU under each policy and the"
-            " oracle; print a summary and write report.md, results.json and PNG figures."
+            " and bench/workloads/README.md) on the simulated GPU and Triton, each policy in the"
+            " sidecar's own control loop on virtual time, and the oracle; print a summary and"
+            " write report.md, results.json and PNG figures."
         ),
     )
     parser.add_argument("--workload", required=True, type=Path, help="the workload YAML file")

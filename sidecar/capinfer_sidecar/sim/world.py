@@ -66,6 +66,8 @@ class Trace:
     """Inferences processed in the interval (batches spread over their cycle), per second."""
     queue_depth: list[int] = field(default_factory=list)
     reload_in_flight: list[bool] = field(default_factory=list)
+    """The loop asked for a max batch size not in effect yet (loading, or held back by the
+    reload governor)."""
     state: list[str] = field(default_factory=list)
     """The loop's policy state (``failsafe`` while on safe settings)."""
 
