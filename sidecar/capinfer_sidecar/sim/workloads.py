@@ -56,7 +56,8 @@ Faults (every part optional; see :mod:`capinfer_sidecar.sim.faults` for what eac
 
 Sizes must be on the job's ladder and windows inside the run. A cap storm becomes cap
 changes (every ``period_s`` the next cap of the list, round and round, then back to the cap
-in force before it); it must not overlap the job's own ``cap_changes``.
+in force before it, if the last flip did not land there); it must not overlap the job's own
+``cap_changes``.
 """
 
 from __future__ import annotations
@@ -344,9 +345,10 @@ def _with_storms(
         before = [c.cap_watts for c in merged if c.at_s < at_s]
         resume_watts = before[-1] if before else cap_watts
         flips = math.floor(storm_s / period_s + 1e-9)
-        for index in range(flips):
-            merged.append(CapChange(at_s + index * period_s, caps[index % len(caps)]))
-        merged.append(CapChange(end_s, resume_watts))
+        flipped = [CapChange(at_s + i * period_s, caps[i % len(caps)]) for i in range(flips)]
+        merged.extend(flipped)
+        if flipped[-1].cap_watts != resume_watts:
+            merged.append(CapChange(end_s, resume_watts))
         merged.sort(key=lambda change: change.at_s)
     return tuple(merged)
 

@@ -116,3 +116,17 @@ def test_bad_faults_say_what_and_where(tmp_path: Path, faults: str, message: str
         load_workload(path)
     assert str(caught.value).startswith(str(path))
     assert "\n" not in str(caught.value)
+
+
+def test_a_storm_that_ends_on_the_cap_in_force_adds_no_change_back(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        jobs:
+          - {JOB},
+             faults: {{cap_storms: [{{at_s: 20, duration_s: 2, period_s: 1,
+                                     caps_watts: [120, 200]}}]}}}}
+    """,
+    )
+    (job,) = load_workload(path).jobs
+    assert job.config.cap_changes == (CapChange(20.0, 120.0), CapChange(21.0, 200.0))
