@@ -98,7 +98,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """``asyncio.sleep`` without the trip through the event loop when nothing else could
         run meanwhile: no callback is ready and no timer falls due before the wake-up. The
         outcome is the same (nothing else would have run); the cost is far lower, and the
-        control loop sleeps five times a sample."""
+        control loop sleeps five times a sample. It reads the event loop's ready queue and
+        timer heap (``BaseEventLoop._ready``, ``_scheduled``, stable since Python 3.4);
+        ``tests/unit/sim/test_simloop_faults.py`` checks that it changes no outcome."""
         wake_s = self._virtual.now_s + delay_s
         ready: Sized = self._ready  # type: ignore[attr-defined]
         timers: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""The oracle: exhaustive search, checked by hand on a tiny profile and against the runner."""
+"""The oracle: exhaustive search, checked by hand on a tiny profile and through the loop."""
 
 from __future__ import annotations
 
