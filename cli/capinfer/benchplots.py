@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from capinfer.bench import BASELINE, BenchResult, JobOutcome
 from capinfer.errors import UserError
-from capinfer_sidecar.sim.bench import BASELINE, BenchResult, JobOutcome
 
 DPI = 100
 MAX_TIMELINES = 6
@@ -136,8 +136,9 @@ def _timeline(plt: Any, bench: BenchResult, outcome: JobOutcome, path: Path) -> 
         power.plot(trace.time_s, trace.true_peak_watts, linewidth=0.6, alpha=0.8, label=policy)
         batch.step(trace.time_s, trace.batch_size, where="pre", linewidth=1.0, label=policy)
         clock.step(trace.time_s, trace.clock_mhz, where="pre", linewidth=1.0, label=policy)
+    _shade_faults(outcome, (power, batch, clock))
     power.set_ylabel("peak power (W)")
-    power.legend(fontsize=7, ncol=len(bench.policies) + 1, loc="lower left")
+    power.legend(fontsize=7, ncol=len(bench.policies) + 4, loc="lower left")
     batch.set_yscale("log", base=2)
     batch.set_ylabel("max batch size")
     clock.set_ylabel("SM clock (MHz)")
@@ -148,3 +149,25 @@ def _timeline(plt: Any, bench: BenchResult, outcome: JobOutcome, path: Path) -> 
     figure.tight_layout()
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
+
+
+def _shade_faults(outcome: JobOutcome, panels: Sequence[Any]) -> None:
+    """The job's fault windows, shaded on every panel (labelled once, on the first)."""
+    faults = outcome.job.config.faults
+    kinds = [
+        ("Triton down", "tab:purple", faults.triton_outages),
+        ("power reads fail", "tab:red", faults.power_errors),
+        ("clock sets fail", "tab:orange", faults.clock_errors),
+    ]
+    for label, color, windows in kinds:
+        for index, window in enumerate(windows):
+            for number, axes in enumerate(panels):
+                named = index == 0 and number == 0
+                axes.axvspan(
+                    window.at_s,
+                    window.end_s,
+                    color=color,
+                    alpha=0.15,
+                    linewidth=0,
+                    label=label if named else None,
+                )

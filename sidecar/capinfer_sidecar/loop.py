@@ -15,6 +15,8 @@ when the GPU refuses clock control it carries on with the batch knob alone. Relo
 :class:`~capinfer_sidecar.reloads.ReloadGovernor` (backoff, quarantine, rate, timeout).
 Clocks it locked are reset when it stops; when it fails, it locks the lowest clock before
 the error leaves :meth:`ControlLoop.run`, so the supervisor's backoff runs on safe clocks.
+Readings taken before new settings (a new cap) are never judged against them: the policy
+answers the new cap at once, and its next observation is of a whole interval after it.
 """
 
 from __future__ import annotations
@@ -25,11 +27,19 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from capinfer_sidecar.gpu.errors import GpuError, GpuLostError, GpuRefusedError
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
+from capinfer_sidecar.ports import InferenceServer, PowerMeter, ServerCounters
 from capinfer_sidecar.reloads import ReloadGovernor
+
+__all__ = [
+    "ControlLoop",
+    "InferenceServer",
+    "LoopSnapshot",
+    "PowerMeter",
+    "ServerCounters",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,35 +47,6 @@ FAST_READS_PER_SAMPLE = 5
 """Instant-power reads inside one sample interval: the max approximates the peak."""
 THROUGHPUT_WINDOW_S = 2.0
 """Inferences/s is counted over this window: a sample interval can fall inside one batch."""
-
-
-class PowerMeter(Protocol):
-    """The GPU side the loop needs: readings and the clock knob."""
-
-    def power_watts(self) -> float: ...
-
-    def energy_joules(self) -> float: ...
-
-    def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None: ...
-
-    def reset_sm_clock(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ServerCounters:
-    """Cumulative counters of the controlled model, from Triton's statistics."""
-
-    inferences: int
-    batches: int
-    queue_depth: int | None = None
-
-
-class InferenceServer(Protocol):
-    """The Triton side the loop needs."""
-
-    async def counters(self) -> ServerCounters: ...
-
-    async def apply_max_batch_size(self, batch_size: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -138,6 +119,8 @@ class ControlLoop:
     _inference_history: deque[tuple[float, int]] = field(default_factory=deque, init=False)
     _last_counters: ServerCounters = field(default=ServerCounters(0, 0), init=False)
     _stopping: bool = field(default=False, init=False)
+    _settings_version: int = field(default=0, init=False)
+    """Counts new settings and policies: readings taken before one are not judged by it."""
 
     def __post_init__(self) -> None:
         self._applied = Knobs(self.initial_batch_size, None)
@@ -158,6 +141,7 @@ class ControlLoop:
         )  # fmt: skip
         self._decision = self.policy.update_settings(settings, self.monotonic())
         self.settings = settings
+        self._settings_version += 1
         self._log_decision(self._decision)
         self._actuate_now(self._decision)
 
@@ -166,6 +150,7 @@ class ControlLoop:
         log.info("policy %s -> %s", self.policy.name, policy.name)
         self.policy = policy
         self._decision = policy.start(self.settings, self.monotonic())
+        self._settings_version += 1
         self._log_decision(self._decision)
 
     def stop(self) -> None:
@@ -189,6 +174,7 @@ class ControlLoop:
         await self.shutdown()
 
     async def sample_once(self) -> LoopSnapshot:
+        version = self._settings_version
         peak_watts = await self._peak_power_over_interval()
         now = self.monotonic()
         mean_watts = self._mean_power(now, peak_watts)
@@ -212,6 +198,11 @@ class ControlLoop:
             decision = self._safe_decision(degraded)
         elif peak_watts is None:
             decision = self._decision  # one missed reading: hold the current settings
+        elif version != self._settings_version:
+            # New settings (a new cap) arrived during this interval: its readings were
+            # taken, at least in part, under the old ones and must not be judged against
+            # the new. The policy's answer to them stands until a whole fresh interval.
+            decision = self._decision
         else:
             decision = self.policy.step(
                 Observation(

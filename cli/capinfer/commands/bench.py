@@ -1,6 +1,6 @@
 """``capinfer bench``: simulate policies on a workload, print a summary, write a report.
 
-The logic lives in :mod:`capinfer_sidecar.sim.bench`; this module parses arguments, shows
+The logic lives in :mod:`capinfer.bench`; this module parses arguments, shows
 progress on stderr, prints the summary and writes ``report.md``, ``results.json`` and the
 figures into the output folder.
 """
@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from capinfer.benchplots import write_figures
-from capinfer.errors import UserError
-from capinfer_sidecar.sim.bench import (
+from capinfer.bench import (
     BASELINE,
     DEFAULT_POLICIES,
     BenchResult,
@@ -25,6 +23,8 @@ from capinfer_sidecar.sim.bench import (
     render_markdown,
     run_bench,
 )
+from capinfer.benchplots import write_figures
+from capinfer.errors import UserError
 from capinfer_sidecar.sim.workloads import load_workload
 from capinfer_sidecar.sim.yamlread import SpecError
 
@@ -96,12 +96,13 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def _print_summary(bench: BenchResult) -> None:
     print(
-        f"{bench.workload.name}: {len(bench.jobs)} jobs; the simulator ran "
+        f"{bench.workload.name}: {len(bench.jobs)} jobs; the control loop on the simulator ran "
         f"{bench.simulator_speedup:.0f}x faster than real time "
-        f"({bench.speedup:.0f}x with the policies' decisions)"
+        f"({bench.speedup:.0f}x with the policies' decisions; slowest run "
+        f"{bench.slowest_speedup:.0f}x, {bench.slowest_run})"
     )
     header = f"{'policy':<16} {'/DVFS':>7} {'/oracle':>8} {'over cap':>9} {'worst W':>8}"
-    print(header + f" {'settle s':>9} {'reloads':>8}")
+    print(header + f" {'settle s':>9} {'reloads':>8} {'fail/min':>9} {'failsafe':>9}")
     for s in bench.summaries():
         vs_dvfs = "-" if s.geomean_vs_dvfs is None else f"{s.geomean_vs_dvfs:.3f}"
         vs_oracle = "-" if s.geomean_vs_oracle is None else f"{s.geomean_vs_oracle:.3f}"
@@ -110,7 +111,8 @@ def _print_summary(bench: BenchResult) -> None:
             settle = "never" if s.unsettled else f"{s.worst_settling_s:.1f}"
         print(
             f"{s.policy:<16} {vs_dvfs:>7} {vs_oracle:>8} {s.over_cap_percent:>8.2f}% "
-            f"{s.worst_overshoot_watts:>8.1f} {settle:>9} {s.reloads:>8}"
+            f"{s.worst_overshoot_watts:>8.1f} {settle:>9} {s.reloads:>8} "
+            f"{s.failed_loads_per_minute:>9.2f} {s.failsafe_percent:>8.2f}%"
         )
 
 
@@ -129,6 +131,10 @@ def _results(bench: BenchResult) -> dict[str, Any]:
                 "worst_overshoot_watts": m.worst_overshoot_watts,
                 "settling_s": [s.settling_s for s in m.settling],
                 "reloads": m.reloads,
+                "reload_failures": m.reload_failures,
+                "failed_loads_per_minute": m.failed_loads_per_minute,
+                "failsafe_s": m.failsafe_s,
+                "quarantined_batch_sizes": list(m.quarantined_batch_sizes),
                 "clock_changes": m.clock_changes,
                 "mean_batch_setting": m.mean_batch_setting,
                 "mean_formed_batch": m.mean_formed_batch,
@@ -154,6 +160,8 @@ def _results(bench: BenchResult) -> dict[str, Any]:
     return {
         "workload": bench.workload.name,
         "speedup": bench.speedup,
+        "slowest_speedup": bench.slowest_speedup,
+        "slowest_run": bench.slowest_run,
         "summary": summaries,
         "jobs": jobs,
     }
@@ -165,8 +173,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="simulate power policies on a workload and write a report",
         description=(
             "Run every job of a workload (YAML; format in capinfer_sidecar/sim/workloads.py"
-            " and bench/workloads/README.md) on the simulated GPU under each policy and the"
-            " oracle; print a summary and write report.md, results.json and PNG figures."
+            " and bench/workloads/README.md) on the simulated GPU and Triton, each policy in the"
+            " sidecar's own control loop on virtual time, and the oracle; print a summary and"
+            " write report.md, results.json and PNG figures."
         ),
     )
     parser.add_argument("--workload", required=True, type=Path, help="the workload YAML file")

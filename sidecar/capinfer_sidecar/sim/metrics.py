@@ -14,6 +14,10 @@
   arrivals the throughput follows the load, not the controller, so only (a) counts.
 - *Average batch size*: of the max batch size in effect (time-weighted; what the paper's
   Fig. 6 shows) and of the batches actually formed (smaller under light load).
+- *What production's safety did*, as the control loop counted it: failed loads (refused,
+  lost to an outage, or abandoned by the reload governor) per minute of run, the time the
+  loop spent on its safe settings (the failsafe), the times its supervisor had to start it
+  again, and the batch sizes quarantined at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from capinfer_sidecar.sim.runner import RunResult, SaturatingLoad, Trace
+from capinfer_sidecar.sim.config import SaturatingLoad
+from capinfer_sidecar.sim.world import RunResult, Trace
 
 SETTLE_THROUGHPUT_FRACTION = 0.95
 SETTLE_HOLD_S = 5.0
@@ -50,12 +55,19 @@ class RunMetrics:
     """The largest true peak above the cap; 0 when never over."""
     settling: tuple[Settling, ...]
     reloads: int
+    reload_failures: int
+    failed_loads_per_minute: float
+    failsafe_s: float
+    """Time on the loop's safe settings (stale or failing readings, lost GPU, Triton down)."""
+    loop_failures: int
+    """Times the control loop raised and was started again by its supervisor."""
+    quarantined_batch_sizes: tuple[int, ...]
     clock_changes: int
     mean_batch_setting: float
     mean_formed_batch: float
     mean_power_watts: float
     energy_joules: float
-    wall_s: float
+    cpu_s: float
     speedup: float
 
     @property
@@ -85,12 +97,17 @@ def compute_metrics(result: RunResult) -> RunMetrics:
         worst_overshoot_watts=max([0.0, *overshoots]),
         settling=tuple(settling),
         reloads=result.reloads,
+        reload_failures=result.reload_failures,
+        failed_loads_per_minute=60.0 * result.reload_failures / config.duration_s,
+        failsafe_s=result.failsafe_s,
+        loop_failures=result.loop_failures,
+        quarantined_batch_sizes=result.quarantined_batch_sizes,
         clock_changes=result.clock_changes,
         mean_batch_setting=sum(trace.batch_size) / samples,
         mean_formed_batch=result.inferences / result.batches if result.batches else 0.0,
         mean_power_watts=result.energy_joules / config.duration_s,
         energy_joules=result.energy_joules,
-        wall_s=result.wall_s,
+        cpu_s=result.cpu_s,
         speedup=result.speedup,
     )
 

@@ -1,17 +1,19 @@
 """The oracle: the best static (batch size, clock) pair whose peak power stays under the cap.
 
 Found by exhaustive search over the ladder and the clock levels the job may use, on the same
-model the runner simulates. "Peak power" is the profile's ``peak_power_watts``: the nominal
+model the simulator runs. "Peak power" is the profile's ``peak_power_watts``: the nominal
 busy power at the *full* max batch size plus the per-batch jitter bound -- the highest true
-power the runner can ever produce for that pair, so a pair the oracle accepts is never over
-the cap in the runner's metrics (which are computed on true power). Sensor noise is left
+power the simulator can ever produce for that pair, so a pair the oracle accepts is never over
+the cap in the metrics (which are computed on true power). Sensor noise is left
 out: it changes what a policy *sees*, not what the GPU draws. A pair is judged at its max
 batch size whatever the load forms, so the oracle holds if the load surges.
 
 For a job whose cap changes, the oracle holds the best pair of each segment and switches
 instantly at each change (no reload cost): an upper bound no controller can beat on
-saturating load. Its throughput comes from running that schedule through the runner (the
-same arrival process and seed as the policies), and in closed form for saturating load.
+saturating load. Its throughput comes from running that schedule through the same control
+loop and simulator as the policies (:func:`capinfer_sidecar.simloop.run_oracle`: same
+arrivals and seed, reloads that take no time, no faults), and in closed form for saturating
+load.
 When no pair is under a cap, the oracle takes the pair of lowest peak power and says so.
 """
 
@@ -20,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
+from capinfer_sidecar.sim.config import ClockAccess, RunConfig, SaturatingLoad
 from capinfer_sidecar.sim.profiles import WorkloadProfile
-from capinfer_sidecar.sim.runner import ClockAccess, RunConfig, RunResult, SaturatingLoad, run
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,3 @@ class OraclePolicy(Policy):
     def step(self, observation: Observation) -> Decision:
         del observation
         return self._decision
-
-
-def run_oracle(config: RunConfig) -> RunResult:
-    """The oracle's schedule through the runner, switching pairs without reload cost."""
-    return run(replace(config, reload_s=0.0, initial_batch_size=None), OraclePolicy(config))

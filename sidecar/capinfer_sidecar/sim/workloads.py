@@ -26,6 +26,7 @@ Format (every field of a job may also be set once under ``defaults``)::
         clocks: controlled            # controlled | refused (no permission) | none
         batch_sizes: [1, 2, 4, 8]     # optional: the ladder; default from the profile
         plot: true                    # optional: draw this job's power/batch timeline
+        faults: {...}                 # optional: see below
 
 Loads::
 
@@ -39,6 +40,24 @@ Loads::
 
 ``rate_fraction`` is relative to the highest saturating throughput of the (DNN, dataset) on
 the GPU over every batch size and clock, ignoring the cap.
+
+Faults (every part optional; see :mod:`capinfer_sidecar.sim.faults` for what each does)::
+
+    faults:
+      reloads: {fail_sizes: [256], probability: 0.05, hang_sizes: [128]}
+      triton_outages: [{at_s: 60, duration_s: 8}]
+      power_errors:                                   # kind: transient (default) or lost
+        - {at_s: 30, duration_s: 1}                   # shorter than 2 s: retried
+        - {at_s: 90, duration_s: 5}                   # stale readings: the failsafe
+        - {at_s: 120, duration_s: 2, kind: lost}      # GPU_IS_LOST: the failsafe at once
+      clock_errors: [{at_s: 100, duration_s: 3}]
+      cap_storms:                                     # the cap flips between the caps
+        - {at_s: 140, duration_s: 10, period_s: 1, caps_watts: [120, 200]}
+
+Sizes must be on the job's ladder and windows inside the run. A cap storm becomes cap
+changes (every ``period_s`` the next cap of the list, round and round, then back to the cap
+in force before it, if the last flip did not land there); it must not overlap the job's own
+``cap_changes``.
 """
 
 from __future__ import annotations
@@ -50,8 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from capinfer_sidecar.sim.profiles import ProfileSet, WorkloadProfile, load_profile_set
-from capinfer_sidecar.sim.runner import (
+from capinfer_sidecar.sim.config import (
     DEFAULT_SAMPLE_INTERVAL_S,
     CapChange,
     ClockAccess,
@@ -61,12 +79,21 @@ from capinfer_sidecar.sim.runner import (
     RunConfig,
     SaturatingLoad,
 )
+from capinfer_sidecar.sim.faults import (
+    Faults,
+    PowerErrorKind,
+    PowerErrorWindow,
+    ReloadFaults,
+    Window,
+)
+from capinfer_sidecar.sim.profiles import ProfileSet, WorkloadProfile, load_profile_set
 from capinfer_sidecar.sim.yamlread import Node, SpecError, load_yaml_file
 
 JOB_FIELDS = (
     "name", "profile", "dnn", "dataset", "cap_watts", "cap_changes", "load", "duration_s",
-    "seed", "sample_interval_s", "reload_s", "band", "clocks", "batch_sizes", "plot",
+    "seed", "sample_interval_s", "reload_s", "band", "clocks", "batch_sizes", "plot", "faults",
 )  # fmt: skip
+FAULT_FIELDS = ("reloads", "triton_outages", "power_errors", "clock_errors", "cap_storms")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -153,11 +180,24 @@ def _parse_job(node: Node, profiles: dict[str, ProfileSet], base_dir: Path | Non
         raise node.child("dnn").error(str(error)) from None
     duration_s = node.required("duration_s").number(positive=True)
     cap_watts = node.required("cap_watts").number(positive=True)
+    batch_sizes = (
+        node.child("batch_sizes").ascending_integers() if node.has("batch_sizes") else None
+    )
+    cap_changes = _parse_cap_changes(node.child("cap_changes"), duration_s)
+    faults = Faults()
+    if node.has("faults"):
+        faults_node = node.child("faults")
+        ladder = batch_sizes or workload.gpu.batch_sizes
+        faults = _parse_faults(faults_node, ladder, duration_s)
+        if faults_node.has("cap_storms"):
+            cap_changes = _with_storms(
+                faults_node.child("cap_storms"), cap_watts, cap_changes, duration_s
+            )
     config = RunConfig(
         profile=workload,
         cap_watts=cap_watts,
         duration_s=duration_s,
-        cap_changes=_parse_cap_changes(node.child("cap_changes"), duration_s),
+        cap_changes=cap_changes,
         load=_parse_load(node.child("load"), workload, duration_s),
         seed=node.child("seed").integer() if node.has("seed") else 0,
         sample_interval_s=_optional_number(node, "sample_interval_s", DEFAULT_SAMPLE_INTERVAL_S),
@@ -166,9 +206,8 @@ def _parse_job(node: Node, profiles: dict[str, ProfileSet], base_dir: Path | Non
         clocks=ClockAccess(node.child("clocks").choice([a.value for a in ClockAccess]))
         if node.has("clocks")
         else ClockAccess.CONTROLLED,
-        batch_sizes=node.child("batch_sizes").ascending_integers()
-        if node.has("batch_sizes")
-        else None,
+        batch_sizes=batch_sizes,
+        faults=faults,
     )
     plot = node.child("plot").boolean() if node.has("plot") else False
     return Job(name, profile_name, dnn, dataset, config, plot)
@@ -202,6 +241,116 @@ def _parse_cap_changes(node: Node, duration_s: float) -> tuple[CapChange, ...]:
             raise at_node.error("cap changes must be in ascending time order")
         changes.append(CapChange(at_s, element.required("cap_watts").number(positive=True)))
     return tuple(changes)
+
+
+def _parse_faults(node: Node, ladder: tuple[int, ...], duration_s: float) -> Faults:
+    node.reject_unknown(FAULT_FIELDS)
+    reloads = ReloadFaults()
+    if node.has("reloads"):
+        reloads_node = node.child("reloads")
+        reloads_node.reject_unknown(["fail_sizes", "probability", "hang_sizes"])
+        failing = _sizes(reloads_node, "fail_sizes", ladder)
+        hanging = _sizes(reloads_node, "hang_sizes", ladder)
+        both = sorted(set(failing) & set(hanging))
+        if both:
+            raise reloads_node.error(f"batch size {both[0]} is in both fail_sizes and hang_sizes")
+        probability = 0.0
+        if reloads_node.has("probability"):
+            probability_node = reloads_node.child("probability")
+            probability = probability_node.number(minimum=0.0)
+            if probability > 1.0:
+                raise probability_node.error(f"expected a probability in [0, 1], got {probability}")
+        reloads = ReloadFaults(failing, probability, hanging)
+    power_errors = tuple(
+        PowerErrorWindow(
+            window.at_s,
+            window.duration_s,
+            PowerErrorKind(element.child("kind").choice([k.value for k in PowerErrorKind]))
+            if element.has("kind")
+            else PowerErrorKind.TRANSIENT,
+        )
+        for element, window in _windows(node, "power_errors", duration_s, extra=["kind"])
+    )
+    return Faults(
+        reloads=reloads,
+        triton_outages=tuple(w for _, w in _windows(node, "triton_outages", duration_s)),
+        power_errors=power_errors,
+        clock_errors=tuple(w for _, w in _windows(node, "clock_errors", duration_s)),
+    )
+
+
+def _sizes(node: Node, key: str, ladder: tuple[int, ...]) -> tuple[int, ...]:
+    if not node.has(key):
+        return ()
+    sizes_node = node.child(key)
+    sizes = sizes_node.ascending_integers()
+    off_ladder = [size for size in sizes if size not in ladder]
+    if off_ladder:
+        raise sizes_node.error(
+            f"batch size {off_ladder[0]} is not on the job's ladder {list(ladder)}"
+        )
+    return sizes
+
+
+def _windows(
+    node: Node, key: str, duration_s: float, extra: list[str] | None = None
+) -> list[tuple[Node, Window]]:
+    if not node.has(key):
+        return []
+    windows: list[tuple[Node, Window]] = []
+    for element in node.child(key).elements():
+        element.reject_unknown(["at_s", "duration_s", *(extra or [])])
+        at_node = element.required("at_s")
+        at_s = at_node.number(minimum=0.0)
+        if at_s >= duration_s:
+            raise at_node.error(f"{at_s:g} s is not before the end of the run ({duration_s:g} s)")
+        window = Window(at_s, element.required("duration_s").number(positive=True))
+        if windows and window.at_s < windows[-1][1].end_s:
+            raise at_node.error(
+                f"windows must be in time order without overlapping: this one starts at "
+                f"{at_s:g} s, before the previous one ends ({windows[-1][1].end_s:g} s)"
+            )
+        windows.append((element, window))
+    return windows
+
+
+def _with_storms(
+    node: Node, cap_watts: float, changes: tuple[CapChange, ...], duration_s: float
+) -> tuple[CapChange, ...]:
+    """The job's cap changes with each storm's flips merged in."""
+    merged = list(changes)
+    for element in node.elements():
+        element.reject_unknown(["at_s", "duration_s", "period_s", "caps_watts"])
+        at_node = element.required("at_s")
+        at_s = at_node.number(positive=True)
+        storm_s = element.required("duration_s").number(positive=True)
+        period_node = element.required("period_s")
+        period_s = period_node.number(positive=True)
+        end_s = at_s + storm_s
+        if end_s >= duration_s:
+            raise at_node.error(
+                f"the storm ends at {end_s:g} s, not before the end of the run ({duration_s:g} s)"
+            )
+        if period_s > storm_s:
+            raise period_node.error(f"a period of {period_s:g} s is longer than the storm")
+        caps_node = element.required("caps_watts")
+        caps = [cap.number(positive=True) for cap in caps_node.elements()]
+        if not caps:
+            raise caps_node.error("expected at least one cap")
+        clash = [c.at_s for c in merged if at_s <= c.at_s <= end_s]
+        if clash:
+            raise at_node.error(
+                f"the storm from {at_s:g} s to {end_s:g} s overlaps a cap change at {clash[0]:g} s"
+            )
+        before = [c.cap_watts for c in merged if c.at_s < at_s]
+        resume_watts = before[-1] if before else cap_watts
+        flips = math.floor(storm_s / period_s + 1e-9)
+        flipped = [CapChange(at_s + i * period_s, caps[i % len(caps)]) for i in range(flips)]
+        merged.extend(flipped)
+        if flipped[-1].cap_watts != resume_watts:
+            merged.append(CapChange(end_s, resume_watts))
+        merged.sort(key=lambda change: change.at_s)
+    return tuple(merged)
 
 
 def max_throughput_ips(workload: WorkloadProfile) -> float:

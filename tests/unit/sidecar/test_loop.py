@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from loop_fakes import SETTINGS, FakeGpu, FakeServer, FakeTime, ScriptedPolicy, make_loop
 
 from capinfer_sidecar.gpu.errors import GpuError, GpuLostError
-from capinfer_sidecar.loop import LoopSnapshot
+from capinfer_sidecar.loop import LoopSnapshot, ServerCounters
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, PowerSettings
 from capinfer_sidecar.reloads import ReloadGovernor
 from capinfer_sidecar.supervisor import Supervisor
@@ -274,3 +276,54 @@ async def test_under_its_supervisor_a_failing_loop_is_reported_then_recovers() -
     assert clocks_in_backoff == [600, 600, 600]  # the lowest clock while it waits
     assert seen_failing[0] and not seen_failing[-1]  # reported, then healthy again
     assert gpu.locked_mhz is None and gpu.resets == 1  # a clean stop at the end
+
+
+class TimeWithAnEvent(FakeTime):
+    """Runs ``event()`` during the ``at``-th sleep, as a task would while the loop waits."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.sleeps = 0
+        self.event: Callable[[], None] = lambda: None
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        if self.sleeps == self.at:
+            self.event()
+        await super().sleep(seconds)
+
+
+async def test_readings_from_before_a_new_cap_are_not_judged_by_it() -> None:
+    # Three reads under the old cap (300 W, fine under 400 W), two under the new one.
+    time = TimeWithAnEvent(at=4)
+    gpu = FakeGpu([300.0, 300.0, 300.0, 120.0, 100.0, 100.0, 110.0, 100.0, 100.0, 100.0])
+    policy = ScriptedPolicy(Knobs(1, 900))
+    loop, _ = make_loop(policy, gpu, FakeServer(), time)
+    loop.update_settings(replace(SETTINGS, cap_watts=400))
+    time.event = lambda: loop.update_settings(replace(SETTINGS, cap_watts=150))
+    snapshot = await loop.sample_once()
+    assert policy.observations == []  # the interval began under 400 W: not judged at 150
+    assert snapshot.cap_watts == 150
+    await loop.sample_once()
+    assert policy.observations[-1].power_watts == 110.0  # a whole interval under 150 W
+
+
+async def test_a_cap_that_arrives_after_the_reads_waits_for_fresh_ones() -> None:
+    time = FakeTime()
+    server = FakeServer()
+    policy = ScriptedPolicy(Knobs(1, 900))
+    loop, _ = make_loop(policy, FakeGpu([300.0]), server, time)
+    loop.update_settings(replace(SETTINGS, cap_watts=400))
+    original = server.counters
+
+    async def counters_then_new_cap() -> ServerCounters:
+        loop.update_settings(replace(SETTINGS, cap_watts=150))  # while Triton answers
+        return await original()
+
+    server.counters = counters_then_new_cap  # type: ignore[method-assign]
+    await loop.sample_once()
+    assert policy.observations == []  # 300 W read under 400 W: not judged against 150 W
+    server.counters = original  # type: ignore[method-assign]
+    await loop.sample_once()
+    assert policy.observations[-1].power_watts == 300.0

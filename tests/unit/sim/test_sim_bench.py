@@ -8,10 +8,8 @@ from textwrap import dedent
 
 import pytest
 
-from capinfer.cli import main
-from capinfer_sidecar.policies.base import Decision, Observation, Policy, PowerSettings
-from capinfer_sidecar.sim import bench as bench_module
-from capinfer_sidecar.sim.bench import (
+from capinfer import bench as bench_module
+from capinfer.bench import (
     PolicySpec,
     geometric_mean,
     parse_policy_list,
@@ -19,6 +17,8 @@ from capinfer_sidecar.sim.bench import (
     render_markdown,
     run_bench,
 )
+from capinfer.cli import main
+from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
 from capinfer_sidecar.sim.workloads import Job, load_workload
 from capinfer_sidecar.sim.yamlread import SpecError
 
@@ -179,3 +179,71 @@ def test_capinfer_bench_bad_input_is_one_clear_line(
     err = capsys.readouterr().err
     assert err.startswith("capinfer: error: ") and message in err
     assert err.count("\n") == 1
+
+
+FAULTY = """
+    name: faulty
+    defaults: {profile: p40, duration_s: 30}
+    jobs:
+      - name: refused
+        dnn: Res50
+        dataset: caltech
+        cap_watts: 170
+        cap_changes: [{at_s: 10, cap_watts: 120}]
+        seed: 4
+        faults:
+          reloads: {probability: 1.0}
+          power_errors: [{at_s: 20, duration_s: 4}]
+"""
+
+
+def test_faults_reach_the_report(tmp_path: Path) -> None:
+    path = tmp_path / "faulty.yaml"
+    path.write_text(dedent(FAULTY))
+    bench = run_bench(load_workload(path), parse_policy_list("DVFS,BatchSizer"))
+    (outcome,) = bench.jobs
+    sizer = outcome.metrics("BatchSizer")
+    assert sizer is not None and sizer.reload_failures > 0  # every load fails
+    assert sizer.failsafe_s == pytest.approx(2.0, abs=0.3)  # 4 s of errors, stale after 2
+    assert outcome.oracle.metrics.failsafe_s == 0.0
+    summary = {s.policy: s for s in bench.summaries()}
+    assert summary["BatchSizer"].failed_loads_per_minute == pytest.approx(
+        sizer.reload_failures * 2.0
+    )
+    # DVFS never moves the batch size, but the failsafe does: it asks for the smallest.
+    dvfs = outcome.metrics("DVFS")
+    assert dvfs is not None and (dvfs.reloads, dvfs.reload_failures) == (1, 1)
+    report = render_markdown(bench)
+    assert "| failed loads / min | time in failsafe |" in report
+    assert "## Faults" in report
+    assert "any load fails with p = 1; power reads fail (transient) 20–24 s" in report
+    assert f"ran at **{bench.slowest_speedup:.0f}×** real time" in report
+
+
+class RaisesLater(Policy):
+    name = "RaisesLater"
+
+    def start(self, settings: PowerSettings, now_s: float) -> Decision:
+        return Decision(Knobs(settings.batch_sizes[0], None), "start")
+
+    def update_settings(self, settings: PowerSettings, now_s: float) -> Decision:
+        return self.start(settings, now_s)
+
+    def step(self, observation: Observation) -> Decision:
+        if observation.now_s > 5.0:
+            raise RuntimeError("bad step")
+        return Decision(observation.applied, "steady")
+
+
+def test_a_loop_that_raised_is_a_failed_run(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = PolicySpec.build
+
+    def build(self: PolicySpec, job: Job) -> Policy:
+        return RaisesLater() if self.name == "BatchDVFS" else original(self, job)
+
+    monkeypatch.setattr(bench_module.PolicySpec, "build", build)
+    bench = run_bench(load_workload(tiny), parse_policy_list("DVFS,BatchDVFS"))
+    run = bench.jobs[0].runs["BatchDVFS"]
+    assert run.metrics is None and run.result is not None
+    assert run.error is not None and "started again by its supervisor" in run.error
+    assert "RuntimeError: bad step" in run.error

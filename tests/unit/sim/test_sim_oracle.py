@@ -1,17 +1,17 @@
-"""The oracle: exhaustive search, checked by hand on a tiny profile and against the runner."""
+"""The oracle: exhaustive search, checked by hand on a tiny profile and through the loop."""
 
 from __future__ import annotations
 
 import pytest
 from sim_helpers import tiny_measured_profile
 
+from capinfer_sidecar.sim.config import CapChange, ClockAccess, RunConfig
 from capinfer_sidecar.sim.oracle import (
     best_static_pair,
     closed_form_throughput_ips,
-    run_oracle,
 )
 from capinfer_sidecar.sim.profiles import load_profile_set
-from capinfer_sidecar.sim.runner import CapChange, ClockAccess, RunConfig
+from capinfer_sidecar.simloop import run_oracle
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from textwrap import dedent
 
 import pytest
 
-from capinfer_sidecar.sim.runner import ClockAccess, PoissonLoad, SaturatingLoad
+from capinfer_sidecar.sim.config import ClockAccess, PoissonLoad, SaturatingLoad
 from capinfer_sidecar.sim.workloads import load_workload, max_throughput_ips
 from capinfer_sidecar.sim.yamlread import SpecError
 

@@ -1,4 +1,5 @@
-"""The discrete-event runner: deterministic, faithful to the profile, and to the knobs' costs."""
+"""The production control loop on the simulator: deterministic, faithful to the profile and
+to the knobs' costs."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ from sim_helpers import Scripted
 
 from capinfer_sidecar.policies import make_policy
 from capinfer_sidecar.policies.base import Knobs
-from capinfer_sidecar.sim.metrics import compute_metrics
-from capinfer_sidecar.sim.profiles import WorkloadProfile, load_profile_set
-from capinfer_sidecar.sim.runner import (
+from capinfer_sidecar.sim.config import (
     CapChange,
     ClockAccess,
     PoissonLoad,
     RateStep,
     RunConfig,
     SaturatingLoad,
-    run,
 )
+from capinfer_sidecar.sim.metrics import compute_metrics
+from capinfer_sidecar.sim.profiles import WorkloadProfile, load_profile_set
+from capinfer_sidecar.simloop import run
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,10 @@ def test_a_batch_size_change_is_a_reload_during_which_the_old_size_serves(
 def test_a_clock_change_applies_within_milliseconds_even_mid_batch(
     res50: WorkloadProfile,
 ) -> None:
-    # Batch 256 at 1531 MHz takes ~0.6 s: the clock drop lands in the middle of a batch.
-    policy = Scripted(Knobs(256, 1531), schedule=[(5.0, Knobs(256, 544))])
+    # Batch 256 at 1531 MHz takes ~0.6 s: the clock drop lands in the middle of a batch. The
+    # loop asks at its first sample from 4.95 s on: the one at 5.0 s (its sample times are
+    # sums of five 0.02 s sleeps, so "5.0" may be a hair below 5.0).
+    policy = Scripted(Knobs(256, 1531), schedule=[(4.95, Knobs(256, 544))])
     result = run(config(res50, duration_s=12.0), policy)
     trace = result.trace
     after = trace.time_s.index(pytest.approx(5.2))

@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from capinfer_sidecar.policies import POLICY_NAMES, Policy, make_policy
+from capinfer_sidecar.sim.config import PoissonLoad, SaturatingLoad
+from capinfer_sidecar.sim.faults import Faults, Window
 from capinfer_sidecar.sim.metrics import RunMetrics, compute_metrics
-from capinfer_sidecar.sim.oracle import OraclePair, closed_form_throughput_ips, pair_for, run_oracle
-from capinfer_sidecar.sim.runner import PoissonLoad, RunResult, SaturatingLoad, run
+from capinfer_sidecar.sim.oracle import OraclePair, closed_form_throughput_ips, pair_for
 from capinfer_sidecar.sim.workloads import Job, Workload
+from capinfer_sidecar.sim.world import RunResult
 from capinfer_sidecar.sim.yamlread import SpecError
+from capinfer_sidecar.simloop import run, run_oracle
 
 DEFAULT_POLICIES = ("DVFS", "BatchSizer", "BatchDVFS", "Adaptive")
 BASELINE = "DVFS"
@@ -158,8 +161,12 @@ class PolicySummary:
     median_settling_s: float | None
     worst_settling_s: float | None
     reloads: int
+    failed_loads_per_minute: float
+    """Failed loads over all jobs, per minute of simulated time."""
+    failsafe_percent: float
+    """Share of all simulated time the control loop spent on its safe settings."""
     speedup: float
-    """Simulated seconds per wall-clock second, this policy's own decisions included."""
+    """Simulated seconds per CPU second, this policy's own decisions included."""
 
 
 @dataclass(frozen=True)
@@ -168,20 +175,23 @@ class BenchResult:
     policies: tuple[str, ...]
     jobs: tuple[JobOutcome, ...]
     simulated_s: float
-    sim_wall_s: float
-    """Wall time spent inside the simulator (policies included), for the speed factor."""
+    sim_cpu_s: float
+    """CPU time spent inside the simulator (policies included), for the speed factor."""
     slowest_speedup: float
+    slowest_run: str = ""
+    """``job / policy`` of the slowest run."""
 
     @property
     def speedup(self) -> float:
-        return self.simulated_s / self.sim_wall_s if self.sim_wall_s > 0 else math.inf
+        return self.simulated_s / self.sim_cpu_s if self.sim_cpu_s > 0 else math.inf
 
     @property
     def simulator_speedup(self) -> float:
-        """The simulator alone: the oracle's runs, whose policy costs nothing."""
+        """The control loop and the simulator alone: the oracle's runs, whose policy costs
+        nothing."""
         simulated = sum(job.oracle.result.config.duration_s for job in self.jobs)
-        wall = sum(job.oracle.result.wall_s for job in self.jobs)
-        return simulated / wall if wall > 0 else math.inf
+        cpu_s = sum(job.oracle.result.cpu_s for job in self.jobs)
+        return simulated / cpu_s if cpu_s > 0 else math.inf
 
     def summaries(self) -> list[PolicySummary]:
         return [summarize_policy(self, policy) for policy in self.policies]
@@ -203,8 +213,9 @@ def run_bench(
     total = len(selected) * (len(policies) + 1)
     done = 0
     simulated_s = 0.0
-    wall_s = 0.0
+    cpu_s = 0.0
     slowest = math.inf
+    slowest_run = ""
     outcomes: list[JobOutcome] = []
     for job in selected:
         if progress is not None:
@@ -219,8 +230,10 @@ def run_bench(
             runs[spec.text] = policy_run
             if policy_run.result is not None:
                 simulated_s += job.config.duration_s
-                wall_s += policy_run.result.wall_s
-                slowest = min(slowest, policy_run.result.speedup)
+                cpu_s += policy_run.result.cpu_s
+                if policy_run.result.speedup < slowest:
+                    slowest = policy_run.result.speedup
+                    slowest_run = f"{job.name} / {spec.text}"
             done += 1
         outcomes.append(JobOutcome(job, oracle, runs))
     if progress is not None:
@@ -230,8 +243,9 @@ def run_bench(
         policies=tuple(spec.text for spec in policies),
         jobs=tuple(outcomes),
         simulated_s=simulated_s,
-        sim_wall_s=wall_s,
+        sim_cpu_s=cpu_s,
         slowest_speedup=slowest,
+        slowest_run=slowest_run,
     )
 
 
@@ -250,6 +264,13 @@ def _run_policy(job: Job, spec: PolicySpec) -> PolicyRun:
         elapsed = time.perf_counter() - started
         message = f"{type(error).__name__}: {error} (after {elapsed:.1f} s)"
         return PolicyRun(spec.text, None, None, message)
+    if result.loop_error is not None:
+        # The supervisor kept the run going, as in a pod; but a loop that raises is a bug.
+        message = (
+            f"the control loop raised {result.loop_failures} time(s) and was started again"
+            f" by its supervisor; first error: {result.loop_error}"
+        )
+        return PolicyRun(spec.text, result, None, message)
     return PolicyRun(spec.text, result, compute_metrics(result))
 
 
@@ -272,7 +293,7 @@ def summarize_policy(bench: BenchResult, policy: str) -> PolicySummary:
     over_s = sum(m.seconds_over_cap for m in metrics)
     settlings = [s.settling_s for m in metrics for s in m.settling]
     settled = [s for s in settlings if s is not None]
-    wall_s = sum(m.wall_s for m in metrics)
+    cpu_s = sum(m.cpu_s for m in metrics)
     return PolicySummary(
         policy=policy,
         jobs=len(metrics),
@@ -286,7 +307,13 @@ def summarize_policy(bench: BenchResult, policy: str) -> PolicySummary:
         median_settling_s=statistics.median(settled) if settled else None,
         worst_settling_s=max(settled) if settled and len(settled) == len(settlings) else None,
         reloads=sum(m.reloads for m in metrics),
-        speedup=seconds / wall_s if wall_s > 0 else math.inf,
+        failed_loads_per_minute=60.0 * sum(m.reload_failures for m in metrics) / seconds
+        if seconds > 0
+        else 0.0,
+        failsafe_percent=100.0 * sum(m.failsafe_s for m in metrics) / seconds
+        if seconds > 0
+        else 0.0,
+        speedup=seconds / cpu_s if cpu_s > 0 else math.inf,
     )
 
 
@@ -316,9 +343,10 @@ def _poisson_text(load: PoissonLoad) -> str:
 
 
 def _caps_text(job: Job) -> str:
-    caps = [f"{job.config.cap_watts:g}"] + [
-        f"{c.cap_watts:g}@{c.at_s:g}s" for c in job.config.cap_changes
-    ]
+    changes = job.config.cap_changes
+    caps = [f"{job.config.cap_watts:g}"] + [f"{c.cap_watts:g}@{c.at_s:g}s" for c in changes]
+    if len(caps) > 7:
+        caps = [*caps[:3], f"… ({len(changes)} changes)", caps[-1]]
     return " → ".join(caps)
 
 
@@ -342,16 +370,23 @@ def render_markdown(
         out += ["Produced by:", "", "```", command, "```", ""]
     out += [
         f"{len(bench.jobs)} jobs × {len(bench.policies)} policies, plus the oracle. "
-        f"The simulator alone runs **{bench.simulator_speedup:.0f}× faster than real time** "
-        f"(the oracle's runs); with the policies' own decisions, {bench.simulated_s:.0f} s of "
-        f"GPU time took {bench.sim_wall_s:.1f} s ({bench.speedup:.0f}×; slowest single run "
-        f"{bench.slowest_speedup:.0f}×, per policy in the summary).",
+        "Every run is the production control loop (`capinfer_sidecar.loop.ControlLoop`, its "
+        "reload governor and supervisor) on virtual time against the simulated GPU and "
+        f"Triton. The loop and the simulator alone run **{bench.simulator_speedup:.0f}× "
+        f"faster than real time** (the oracle's runs, whose policy costs nothing); with the "
+        f"policies' own decisions, {bench.simulated_s:.0f} s of GPU time took "
+        f"{bench.sim_cpu_s:.1f} s of CPU ({bench.speedup:.0f}×). The slowest run, "
+        f"{bench.slowest_run}, ran at **{bench.slowest_speedup:.0f}×** real time (per policy "
+        "in the summary). Speeds are simulated seconds per CPU second of the benchmark "
+        "process, which is single-threaded: on a busy machine the wall clock adds the waits "
+        "for a core.",
         "",
         *_summary_section(bench),
         *_targets_section(bench),
         *_reproduction_section(bench),
         *_jobs_section(bench),
         *_cap_changes_section(bench),
+        *_faults_section(bench),
         *_failures_section(bench),
     ]
     if figures:
@@ -367,8 +402,9 @@ def _summary_section(bench: BenchResult) -> list[str]:
         "## Summary",
         "",
         "| policy | jobs | throughput / DVFS (geomean) | throughput / oracle (geomean) "
-        "| time over cap | worst overshoot | median / worst settling | reloads | speed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| time over cap | worst overshoot | median / worst settling | reloads "
+        "| failed loads / min | time in failsafe | speed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in bench.summaries():
         failed = f" ({s.failed} failed)" if s.failed else ""
@@ -381,7 +417,8 @@ def _summary_section(bench: BenchResult) -> list[str]:
         rows.append(
             f"| {s.policy} | {s.jobs}{failed} | {_ratio(s.geomean_vs_dvfs)} "
             f"| {_ratio(s.geomean_vs_oracle)} | {s.over_cap_percent:.2f}% "
-            f"| {s.worst_overshoot_watts:.1f} W | {settling} | {s.reloads} | {s.speedup:.0f}× |"
+            f"| {s.worst_overshoot_watts:.1f} W | {settling} | {s.reloads} "
+            f"| {s.failed_loads_per_minute:.2f} | {s.failsafe_percent:.2f}% | {s.speedup:.0f}× |"
         )
     return [*rows, ""]
 
@@ -449,8 +486,9 @@ def _jobs_section(bench: BenchResult) -> list[str]:
         "## Per job",
         "",
         "| job | workload | cap (W) | load | oracle pair | policy | throughput (/s) | / DVFS "
-        "| / oracle | over cap | worst over | settling | reloads | avg max batch |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| / oracle | over cap | worst over | settling | reloads | failed loads / min "
+        "| failsafe | avg max batch |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for outcome in bench.jobs:
         job = outcome.job
@@ -462,14 +500,14 @@ def _jobs_section(bench: BenchResult) -> list[str]:
         rows.append(
             f"{head}| *oracle* | {outcome.oracle.throughput_ips:.1f} "
             f"| {_ratio(outcome.oracle_versus(BASELINE))} "
-            f"| 1.000 | {100 * outcome.oracle.metrics.over_cap_fraction:.2f}% | | | | "
+            f"| 1.000 | {100 * outcome.oracle.metrics.over_cap_fraction:.2f}% | | | | | | "
             f"{outcome.oracle.metrics.mean_batch_setting:.1f} |"
         )
         blank = "| | | | | "
         for policy in bench.policies:
             m = outcome.metrics(policy)
             if m is None:
-                rows.append(f"{blank}| {policy} | failed | | | | | | | |")
+                rows.append(f"{blank}| {policy} | failed | | | | | | | | | |")
                 continue
             worst = m.worst_settling_s if m.settling else None
             settling = "—" if not m.settling else ("never" if worst is None else f"{worst:.1f} s")
@@ -478,6 +516,7 @@ def _jobs_section(bench: BenchResult) -> list[str]:
                 f"| {_ratio(outcome.versus(policy, BASELINE))} "
                 f"| {_ratio(outcome.versus_oracle(policy))} | {100 * m.over_cap_fraction:.2f}% "
                 f"| {m.worst_overshoot_watts:.1f} W | {settling} | {m.reloads} "
+                f"| {m.failed_loads_per_minute:.2f} | {m.failsafe_s:.1f} s "
                 f"| {m.mean_batch_setting:.1f} |"
             )
     return [*rows, ""]
@@ -517,6 +556,57 @@ def _cap_changes_section(bench: BenchResult) -> list[str]:
     return [*rows, ""]
 
 
+def _faults_text(faults: Faults) -> list[str]:
+    parts: list[str] = []
+    reloads = faults.reloads
+    if reloads.failing_sizes:
+        parts.append(f"loads of {', '.join(map(str, reloads.failing_sizes))} fail")
+    if reloads.probability:
+        parts.append(f"any load fails with p = {reloads.probability:g}")
+    if reloads.hanging_sizes:
+        parts.append(f"loads of {', '.join(map(str, reloads.hanging_sizes))} never answer")
+    windows: list[tuple[str, Window]] = [
+        *(("Triton down", w) for w in faults.triton_outages),
+        *((f"power reads fail ({w.kind.value})", w) for w in faults.power_errors),
+        *(("clock sets fail", w) for w in faults.clock_errors),
+    ]
+    for what, window in windows:
+        parts.append(f"{what} {window.at_s:g}–{window.end_s:g} s")
+    return parts
+
+
+def _faults_section(bench: BenchResult) -> list[str]:
+    faulty = [o for o in bench.jobs if o.job.config.faults.any]
+    if not faulty:
+        return []
+    rows = [
+        "## Faults",
+        "",
+        "What each job injects, and what production's safety did about it: loads that "
+        "failed (refused, lost to an outage, or abandoned), time on the failsafe's settings, "
+        "batch sizes the reload governor had quarantined at the end.",
+        "",
+        "| job | faults | policy | / oracle | over cap | worst over | failed loads "
+        "| failsafe | quarantined |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for outcome in faulty:
+        head = f"| {outcome.job.name} | {'; '.join(_faults_text(outcome.job.config.faults))} "
+        for policy in bench.policies:
+            m = outcome.metrics(policy)
+            if m is None:
+                rows.append(f"{head}| {policy} | failed | | | | | |")
+            else:
+                quarantined = ", ".join(map(str, m.quarantined_batch_sizes)) or "—"
+                rows.append(
+                    f"{head}| {policy} | {_ratio(outcome.versus_oracle(policy))} "
+                    f"| {100 * m.over_cap_fraction:.2f}% | {m.worst_overshoot_watts:.1f} W "
+                    f"| {m.reload_failures} | {m.failsafe_s:.1f} s | {quarantined} |"
+                )
+            head = "| | "
+    return [*rows, ""]
+
+
 def _failures_section(bench: BenchResult) -> list[str]:
     failures = [
         (o.job.name, run.policy, run.error)
@@ -549,7 +639,12 @@ def _definitions() -> list[str]:
         "segment (saturating load only: otherwise throughput follows the arrivals); *never* "
         "if it does not hold under the cap that long. Later excursions count in the time "
         "over the cap.",
-        "- *Reloads*: batch-size changes asked of Triton (each a model reload of seconds). "
-        "*Avg max batch*: time-weighted max batch size in effect (the paper's Fig. 6).",
+        "- *Reloads*: loads asked of Triton to change the batch size (each a model reload of "
+        "seconds), failed ones included. *Failed loads / min*: loads that failed (refused, "
+        "lost to a Triton outage, or abandoned by the reload governor's timeout), per minute "
+        "of run. *Avg max batch*: time-weighted max batch size in effect (the paper's Fig. 6).",
+        "- *Time in failsafe*: time the control loop ran on its safe settings (lowest clock, "
+        "smallest batch) because power readings had failed for 2 s, the GPU was lost, a clock "
+        "could not be set for 2 s, or Triton did not answer. The oracle meets no fault.",
         "",
     ]
