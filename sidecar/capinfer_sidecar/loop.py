@@ -228,6 +228,7 @@ class ControlLoop:
                     applied=self._applied,
                     reload_in_flight=self._reload is not None,
                     queue_depth=self._last_counters.queue_depth,
+                    refused_batch_sizes=self.reloads.refused(),
                 )
             )
         if decision.knobs != self._decision.knobs:
