@@ -8,8 +8,9 @@ get/list/watch on its own object (by name) and patch on its status.
 Errors by kind: an answer that says no (:class:`ApiException`) and every connection-level
 failure of the client (:data:`CONNECTION_ERRORS`: urllib3's ``MaxRetryError``,
 ``ProtocolError``, timeouts, ``OSError``...) are expected while the API server restarts or
-the network is down. The watch retries them with a capped backoff; a status write that
-meets them returns False. Anything else is a bug: the watch hands it to the coroutine
+the network is down. The watch retries a transport failure every second and an answer
+with a backoff up to 30 s (:func:`retry_delay_s`); a status write that meets them returns
+False. Anything else is a bug: the watch hands it to the coroutine
 iterating :meth:`PowerSpecWatch.changes`, which raises it, so the task's supervisor sees
 it instead of a thread dying in a log line.
 """
@@ -34,8 +35,14 @@ PLURAL = "powercappedinferences"
 KIND = "PowerCappedInference"
 WATCH_TIMEOUT_S = 300
 RETRY_DELAY_S = 2.0
-"""First delay before the watch tries again; it doubles per failure in a row."""
+"""First delay before the watch tries again after the API server answered with an error;
+it doubles per such answer in a row."""
 MAX_RETRY_DELAY_S = 30.0
+TRANSPORT_RETRY_S = 1.0
+"""Delay before the watch tries again after a transport failure (nothing listening, a
+reset connection, a timeout), however often it happened: a connection attempt costs an
+absent API server nothing, and a cap patched as soon as the API server is back must reach
+the sidecar within about a second, not after a backoff grown during the outage."""
 REQUEST_TIMEOUT_S = (5.0, 15.0)
 """(connect, read) for reads and status writes: a black-holed connection cannot hang them."""
 WATCH_REQUEST_TIMEOUT_S = (5.0, WATCH_TIMEOUT_S + 30.0)
@@ -77,6 +84,18 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, ApiException):
         return f"{error.status} {error.reason}"
     return f"{type(error).__name__}: {error}"
+
+
+def retry_delay_s(answers_in_a_row: int) -> float:
+    """How long the watch waits before it tries again.
+
+    After ``answers_in_a_row`` errors the API server answered with (429, 5xx, 404...): a
+    backoff that doubles from RETRY_DELAY_S up to MAX_RETRY_DELAY_S, so a busy server is
+    left alone. After a transport failure (``answers_in_a_row`` 0): TRANSPORT_RETRY_S.
+    """
+    if answers_in_a_row <= 0:
+        return TRANSPORT_RETRY_S
+    return float(min(RETRY_DELAY_S * 2 ** (answers_in_a_row - 1), MAX_RETRY_DELAY_S))
 
 
 def is_expected(error: BaseException) -> bool:
@@ -142,6 +161,7 @@ class PowerSpecWatch:
         """
         last: dict[str, Any] | None = None
         failures = 0
+        answers = 0  # errors the API server answered with, in a row
 
         def push(power: dict[str, Any]) -> None:
             nonlocal last
@@ -160,7 +180,8 @@ class PowerSpecWatch:
                     loop.call_soon_threadsafe(queue.put_nowait, error)
                     return
                 failures += 1
-                delay_s = min(RETRY_DELAY_S * 2 ** (failures - 1), MAX_RETRY_DELAY_S)
+                answers = answers + 1 if isinstance(error, ApiException) else 0
+                delay_s = retry_delay_s(answers)
                 log.log(
                     logging.WARNING if failures == 1 else logging.DEBUG,
                     "watch of %s/%s failed (%s); retrying in %.0f s, quietly until it works",
@@ -170,7 +191,7 @@ class PowerSpecWatch:
                 continue
             if failures:
                 log.info("watch of %s/%s works again", self._ref.namespace, self._ref.name)
-            failures = 0
+            failures = answers = 0
 
     async def changes(self) -> AsyncIterator[dict[str, Any]]:
         """``spec.power`` now and after every change; raises what broke the watch thread."""

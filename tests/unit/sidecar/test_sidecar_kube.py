@@ -143,6 +143,7 @@ async def test_watch_retries_transport_errors_then_follows_changes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(kube, "RETRY_DELAY_S", 0.001)
+    monkeypatch.setattr(kube, "TRANSPORT_RETRY_S", 0.001)
     monkeypatch.setattr(kube.watch, "Watch", FakeWatch)
     monkeypatch.setattr(FakeWatch, "events", [{"type": "MODIFIED", "object": obj(120)}])
     watcher = PowerSpecWatch(client.ApiClient(), REF)
@@ -157,6 +158,7 @@ async def test_watch_of_an_unreachable_api_server_keeps_trying(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(kube, "RETRY_DELAY_S", 0.001)
+    monkeypatch.setattr(kube, "TRANSPORT_RETRY_S", 0.001)
     watcher = PowerSpecWatch(closed_port_client(), REF)
     changes = watcher.changes()
     pending = asyncio.ensure_future(anext(changes))
@@ -173,3 +175,9 @@ async def test_watch_hands_an_unexpected_error_to_its_caller(
     watcher._api = ScriptedApi([ValueError("unparseable object")])  # type: ignore[assignment]
     with pytest.raises(ValueError, match="unparseable"):
         await asyncio.wait_for(first_items(watcher, 1), timeout=10)
+
+
+def test_transport_failures_are_retried_every_second_and_answers_back_off() -> None:
+    assert kube.retry_delay_s(0) == kube.TRANSPORT_RETRY_S == 1.0
+    assert [kube.retry_delay_s(n) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
+    assert kube.retry_delay_s(100) == kube.MAX_RETRY_DELAY_S
