@@ -141,6 +141,9 @@ async def test_the_api_server_stopped_and_started(
             cluster.start_apiserver()
         exit_code = pod.stop()
 
+    for line in written.splitlines():
+        if "watch of" in line or "status update" in line:
+            print(line[:200])
     assert status_code == 200, ready_text
     assert sum(last.task_restarts.values()) == 0, last.task_restarts
     assert "status updates work again" in written

@@ -103,3 +103,53 @@ def failure_times(log: str) -> list[float]:
     )
     return [time.mktime(time.strptime(s[:19], "%Y-%m-%d %H:%M:%S")) + float(s[20:23]) / 1000
             for s in stamps]  # fmt: skip
+
+
+async def test_adaptive_moves_on_to_the_largest_size_that_loads(tmp_path: Path) -> None:
+    power_file = tmp_path / "power.yaml"
+    power_file.write_text(f"capWatts: {CAP_W:.0f}\npolicy: Adaptive\n")
+    pod = LocalPod(
+        tmp_path / "pod",
+        ["--power-file", str(power_file)],
+        model=SimBatchSpec(max_batch_size=8, max_supported_batch_size=LOADABLE),
+    )
+    pod.start()
+    try:
+        address = pod.triton.http_address if pod.triton else ""
+        started = pod.scrape()
+        async with (
+            ClosedLoopLoad(address, "simbatch", concurrency=64) as load,
+            PodWatch(pod) as watch,
+        ):
+            largest = await watch.wait_for(
+                f"batch size {LOADABLE} in effect",
+                lambda s: s.sample.batch_size == LOADABLE,
+                0,
+                timeout_s=120,
+            )
+            print(
+                f"batch {LOADABLE} in effect {largest.at_s - started.at_s:.1f} s after the"
+                f" start, after {largest.sample.reload_failures:.0f} failed loads"
+            )
+            served_before = load.counts.succeeded
+            await asyncio.sleep(5)
+            served_at_largest = load.counts.succeeded - served_before
+            last = pod.scrape()
+            counts = await load.stop()
+        triton_log = pod.triton.log_path.read_text() if pod.triton else ""
+    finally:
+        exit_code = pod.stop()
+
+    refused = re.findall(
+        r"failed to load 'simbatch' version 1: .*max_batch_size (\d+) exceeds", triton_log
+    )
+    print(f"Triton refused {len(refused)} loads (sizes {refused});"
+          f" {served_at_largest} served in 5 s at batch {LOADABLE}")  # fmt: skip
+    assert refused and last.reload_failures == len(refused)
+    # Each refused size once: the policy takes a refusal as its answer, never asks again.
+    assert len(set(refused)) == len(refused), "the policy asked again for a refused size"
+    assert last.quarantined == ()
+    assert last.batch_size == LOADABLE and served_at_largest > 100
+    assert counts.failed == 0 and counts.wrong == 0, counts.errors
+    assert over_cap_between(started, last) <= 0.1 * (last.at_s - started.at_s)
+    assert exit_code == 0
