@@ -126,9 +126,15 @@ class PowerSpecWatch:
         )
         return cast(dict[str, Any], obj)
 
-    def _watch_once(self, stop: threading.Event, push: Callable[[dict[str, Any]], None]) -> None:
+    def _watch_once(
+        self,
+        stop: threading.Event,
+        push: Callable[[dict[str, Any]], None],
+        read_worked: Callable[[], None],
+    ) -> None:
         """Read the object, then follow its changes until the server ends the watch."""
         obj = self._read()
+        read_worked()
         push(dict(obj.get("spec", {}).get("power", {})))
         stream = watch.Watch()  # type: ignore[no-untyped-call]
         for event in stream.stream(  # type: ignore[no-untyped-call]
@@ -156,8 +162,9 @@ class PowerSpecWatch:
     ) -> None:
         """Worker thread: list-then-watch until stopped, pushing each new ``spec.power``.
 
-        Expected errors are retried with a doubling delay (logged once per outage); an
-        unexpected one is pushed to the queue and ends the thread.
+        Expected errors are retried (:func:`retry_delay_s`; one warning per outage, and a
+        line once the object is read again); an unexpected one is pushed to the queue and
+        ends the thread.
         """
         last: dict[str, Any] | None = None
         failures = 0
@@ -172,9 +179,19 @@ class PowerSpecWatch:
         def stopped() -> bool:
             return stop.is_set() or self._stop.is_set()
 
+        def read_worked() -> None:
+            # The object was read: the API server is back, whatever ends this watch later.
+            nonlocal failures, answers
+            if failures:
+                log.info(
+                    "watch of %s/%s works again after %d failures",
+                    self._ref.namespace, self._ref.name, failures,
+                )  # fmt: skip
+            failures = answers = 0
+
         while not stopped():
             try:
-                self._watch_once(stop, push)
+                self._watch_once(stop, push, read_worked)
             except Exception as error:
                 if not is_expected(error):
                     loop.call_soon_threadsafe(queue.put_nowait, error)
@@ -188,10 +205,6 @@ class PowerSpecWatch:
                     self._ref.namespace, self._ref.name, describe_error(error), delay_s,
                 )  # fmt: skip
                 stop.wait(delay_s)
-                continue
-            if failures:
-                log.info("watch of %s/%s works again", self._ref.namespace, self._ref.name)
-            failures = answers = 0
 
     async def changes(self) -> AsyncIterator[dict[str, Any]]:
         """``spec.power`` now and after every change; raises what broke the watch thread."""

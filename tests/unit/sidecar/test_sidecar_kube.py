@@ -140,18 +140,22 @@ async def first_items(watcher: PowerSpecWatch, count: int) -> list[dict[str, Any
 
 
 async def test_watch_retries_transport_errors_then_follows_changes(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(kube, "RETRY_DELAY_S", 0.001)
     monkeypatch.setattr(kube, "TRANSPORT_RETRY_S", 0.001)
     monkeypatch.setattr(kube.watch, "Watch", FakeWatch)
     monkeypatch.setattr(FakeWatch, "events", [{"type": "MODIFIED", "object": obj(120)}])
+    caplog.set_level(logging.INFO, logger="capinfer_sidecar.kube")
     watcher = PowerSpecWatch(client.ApiClient(), REF)
     api = ScriptedApi(transport_errors(), obj(150))
     watcher._api = api  # type: ignore[assignment]
     items = await asyncio.wait_for(first_items(watcher, 2), timeout=10)
     assert items == [{"capWatts": 150}, {"capWatts": 120}]
     assert api.calls == len(transport_errors()) + 1
+    # Said as soon as the object is read again, not when the watch ends minutes later.
+    recovered = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
+    assert recovered == [f"watch of ml/resnet works again after {len(transport_errors())} failures"]
 
 
 async def test_watch_of_an_unreachable_api_server_keeps_trying(
