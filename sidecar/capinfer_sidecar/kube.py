@@ -98,6 +98,11 @@ def retry_delay_s(answers_in_a_row: int) -> float:
     return float(min(RETRY_DELAY_S * 2 ** (answers_in_a_row - 1), MAX_RETRY_DELAY_S))
 
 
+def is_expired(error: BaseException) -> bool:
+    """410 Gone: the watch asked for a resourceVersion the server no longer has."""
+    return isinstance(error, ApiException) and error.status == 410
+
+
 def is_expected(error: BaseException) -> bool:
     """An API answer or a transport failure: worth retrying, not a bug."""
     return isinstance(error, (ApiException, *CONNECTION_ERRORS))
@@ -189,6 +194,7 @@ class PowerSpecWatch:
                 )  # fmt: skip
             failures = answers = 0
 
+        expired = False  # the last attempt ended with 410 Gone
         while not stopped():
             try:
                 self._watch_once(stop, push, read_worked)
@@ -196,6 +202,16 @@ class PowerSpecWatch:
                 if not is_expected(error):
                     loop.call_soon_threadsafe(queue.put_nowait, error)
                     return
+                if is_expired(error) and not expired:
+                    # The resourceVersion read is older than the server's watch history (a
+                    # restarted API server's cache starts at its own): read again, at once.
+                    expired = True
+                    log.info(
+                        "watch of %s/%s: %s; reading the object again",
+                        self._ref.namespace, self._ref.name, describe_error(error),
+                    )  # fmt: skip
+                    continue
+                expired = is_expired(error)
                 failures += 1
                 answers = answers + 1 if isinstance(error, ApiException) else 0
                 delay_s = retry_delay_s(answers)
@@ -205,6 +221,8 @@ class PowerSpecWatch:
                     self._ref.namespace, self._ref.name, describe_error(error), delay_s,
                 )  # fmt: skip
                 stop.wait(delay_s)
+                continue
+            expired = False
 
     async def changes(self) -> AsyncIterator[dict[str, Any]]:
         """``spec.power`` now and after every change; raises what broke the watch thread."""

@@ -185,3 +185,27 @@ def test_transport_failures_are_retried_every_second_and_answers_back_off() -> N
     assert kube.retry_delay_s(0) == kube.TRANSPORT_RETRY_S == 1.0
     assert [kube.retry_delay_s(n) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
     assert kube.retry_delay_s(100) == kube.MAX_RETRY_DELAY_S
+
+
+class ExpiringWatch(FakeWatch):
+    """The first stream ends with 410 Gone, as a restarted API server's does."""
+
+    expired = 0
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        if ExpiringWatch.expired == 0:
+            ExpiringWatch.expired += 1
+            raise ApiException(status=410, reason="Expired: too old resource version")
+        yield from super().stream(*args, **kwargs)
+
+
+async def test_a_watch_expired_410_is_read_again_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kube, "RETRY_DELAY_S", 30.0)  # a backoff would outlast the test
+    monkeypatch.setattr(kube.watch, "Watch", ExpiringWatch)
+    monkeypatch.setattr(ExpiringWatch, "events", [{"type": "MODIFIED", "object": obj(120)}])
+    watcher = PowerSpecWatch(client.ApiClient(), REF)
+    api = ScriptedApi([], obj(150))
+    watcher._api = api  # type: ignore[assignment]
+    items = await asyncio.wait_for(first_items(watcher, 2), timeout=10)
+    assert items == [{"capWatts": 150}, {"capWatts": 120}]
+    assert ExpiringWatch.expired == 1 and api.calls == 2  # read, 410, read again, watch
