@@ -136,11 +136,20 @@ class PowerSpecWatch:
         stop: threading.Event,
         push: Callable[[dict[str, Any]], None],
         read_worked: Callable[[], None],
+        *,
+        from_read: bool = True,
     ) -> None:
-        """Read the object, then follow its changes until the server ends the watch."""
+        """Read the object, then follow its changes until the server ends the watch.
+
+        The watch starts at the version read; with ``from_read`` False (that version was
+        too old for the server), at the server's current state, which it sends first.
+        """
         obj = self._read()
         read_worked()
         push(dict(obj.get("spec", {}).get("power", {})))
+        since: dict[str, Any] = (
+            {"resource_version": obj["metadata"]["resourceVersion"]} if from_read else {}
+        )
         stream = watch.Watch()  # type: ignore[no-untyped-call]
         for event in stream.stream(  # type: ignore[no-untyped-call]
             self._api.list_namespaced_custom_object,
@@ -149,9 +158,9 @@ class PowerSpecWatch:
             self._ref.namespace,
             PLURAL,
             field_selector=f"metadata.name={self._ref.name}",
-            resource_version=obj["metadata"]["resourceVersion"],
             timeout_seconds=WATCH_TIMEOUT_S,
             _request_timeout=WATCH_REQUEST_TIMEOUT_S,
+            **since,
         ):
             if stop.is_set() or self._stop.is_set():
                 stream.stop()  # type: ignore[no-untyped-call]
@@ -197,17 +206,17 @@ class PowerSpecWatch:
         expired = False  # the last attempt ended with 410 Gone
         while not stopped():
             try:
-                self._watch_once(stop, push, read_worked)
+                self._watch_once(stop, push, read_worked, from_read=not expired)
             except Exception as error:
                 if not is_expected(error):
                     loop.call_soon_threadsafe(queue.put_nowait, error)
                     return
                 if is_expired(error) and not expired:
-                    # The resourceVersion read is older than the server's watch history (a
-                    # restarted API server's cache starts at its own): read again, at once.
+                    # The version read is older than the server's watch history (a restarted
+                    # API server's cache starts at its own): at once, from its current state.
                     expired = True
                     log.info(
-                        "watch of %s/%s: %s; reading the object again",
+                        "watch of %s/%s: %s; watching again from the server's current state",
                         self._ref.namespace, self._ref.name, describe_error(error),
                     )  # fmt: skip
                     continue
@@ -222,7 +231,7 @@ class PowerSpecWatch:
                 )  # fmt: skip
                 stop.wait(delay_s)
                 continue
-            expired = False
+            expired = False  # the watch ran until the server ended it
 
     async def changes(self) -> AsyncIterator[dict[str, Any]]:
         """``spec.power`` now and after every change; raises what broke the watch thread."""
