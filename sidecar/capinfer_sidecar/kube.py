@@ -8,7 +8,7 @@ get/list/watch on its own object (by name) and patch on its status.
 Errors by kind: an answer that says no (:class:`ApiException`) and every connection-level
 failure of the client (:data:`CONNECTION_ERRORS`: urllib3's ``MaxRetryError``,
 ``ProtocolError``, timeouts, ``OSError``...) are expected while the API server restarts or
-the network is down. The watch retries a transport failure every second and an answer
+the network is down. The watch retries a transport failure every 0.5 s and an answer
 with a backoff up to 30 s (:func:`retry_delay_s`); a status write that meets them returns
 False. Anything else is a bug: the watch hands it to the coroutine
 iterating :meth:`PowerSpecWatch.changes`, which raises it, so the task's supervisor sees
@@ -38,11 +38,11 @@ RETRY_DELAY_S = 2.0
 """First delay before the watch tries again after the API server answered with an error;
 it doubles per such answer in a row."""
 MAX_RETRY_DELAY_S = 30.0
-TRANSPORT_RETRY_S = 1.0
+TRANSPORT_RETRY_S = 0.5
 """Delay before the watch tries again after a transport failure (nothing listening, a
 reset connection, a timeout), however often it happened: a connection attempt costs an
 absent API server nothing, and a cap patched as soon as the API server is back must reach
-the sidecar within about a second, not after a backoff grown during the outage."""
+the sidecar within a second, not after a backoff grown during the outage."""
 REQUEST_TIMEOUT_S = (5.0, 15.0)
 """(connect, read) for reads and status writes: a black-holed connection cannot hang them."""
 WATCH_REQUEST_TIMEOUT_S = (5.0, WATCH_TIMEOUT_S + 30.0)
