@@ -116,10 +116,10 @@ async def test_nvml_errors_transient_burst_and_lost_gpu(tmp_path: Path) -> None:
             )
             after_lost = pod.scrape()
             lost_mean_w = mean_power_between(before_lost, after_lost)
+            lost_over_s = over_cap_between(before_lost, after_lost)
             print(
                 f"lost GPU: not ready for {back.at_s - lost.at_s:.2f} s; mean power"
-                f" {lost_mean_w:.1f} W; {over_cap_between(before_lost, after_lost):.2f} s"
-                " over the cap measured"
+                f" {lost_mean_w:.1f} W; {lost_over_s:.2f} s over the cap measured"
             )
             assert "GPU answers again" in log_since(pod.sidecar_log, offset)
             counts = await load.stop()
@@ -129,6 +129,7 @@ async def test_nvml_errors_transient_burst_and_lost_gpu(tmp_path: Path) -> None:
 
     assert burst_mean_w <= CAP_W and lost_mean_w <= CAP_W
     assert burst_over_s <= 0.1 * (after.at_s - before.at_s)
+    assert lost_over_s <= 0.1 * (after_lost.at_s - before_lost.at_s)
     assert all(count == 0 for count in restarts.values()), restarts
     assert counts.failed == 0 and counts.wrong == 0, counts.errors
     assert exit_code == 0, f"the sidecar did not stop cleanly; see {pod.sidecar_log}"
