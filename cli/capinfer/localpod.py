@@ -9,6 +9,7 @@ the demo use it; the demo takes the sidecar's command line from the rendered pod
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -39,14 +40,30 @@ class SidecarSample:
     inferences_per_second: float | None
     over_cap_seconds: float | None
     reloads: float | None
+    energy_joules: float | None = None
+    reload_failures: float | None = None
+    degraded: str | None = None
+    """The ``reason`` of ``capinfer_degraded`` while it is 1; None while healthy."""
+    quarantined: tuple[int, ...] = ()
+    task_restarts: Mapping[str, float] = field(default_factory=dict)
 
 
 def parse_sidecar_metrics(text: str, at_s: float) -> SidecarSample:
     values: dict[str, float] = {}
+    degraded = None
+    quarantined: list[int] = []
+    restarts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "capinfer_reloads_total" and sample.labels.get("result") != "ok":
+                values["reload_failures"] = sample.value
                 continue
+            if sample.name == "capinfer_degraded" and sample.value == 1:
+                degraded = sample.labels.get("reason", "")
+            elif sample.name == "capinfer_reload_quarantined" and sample.value == 1:
+                quarantined.append(int(sample.labels["batch_size"]))
+            elif sample.name == "capinfer_task_restarts_total":
+                restarts[sample.labels["task"]] = sample.value
             values[sample.name] = sample.value
     return SidecarSample(
         at_s=at_s,
@@ -57,6 +74,11 @@ def parse_sidecar_metrics(text: str, at_s: float) -> SidecarSample:
         inferences_per_second=values.get("capinfer_inferences_per_second"),
         over_cap_seconds=values.get("capinfer_over_cap_seconds_total"),
         reloads=values.get("capinfer_reloads_total"),
+        energy_joules=values.get("capinfer_gpu_energy_joules_total"),
+        reload_failures=values.get("reload_failures"),
+        degraded=degraded,
+        quarantined=tuple(sorted(quarantined)),
+        task_restarts=restarts,
     )
 
 
@@ -161,6 +183,24 @@ class LocalPod:
     def scrape(self) -> SidecarSample:
         with urllib.request.urlopen(self.metrics_url, timeout=2) as response:
             return parse_sidecar_metrics(response.read().decode(), time.monotonic())
+
+    def probe(self, path: str) -> tuple[int, str]:
+        """A probe of the sidecar (``/readyz``...): its HTTP status and the reason it gives."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2
+            ) as response:
+                return int(response.status), response.read().decode().strip()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode().strip()
+
+    def inject_gpu_fault(self, kind: str, duration_s: float) -> None:
+        """Make the virtual GPU's readings raise NVML error ``kind`` for ``duration_s``."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(f"F {kind} {duration_s}\n".encode(), str(self.report_socket))
+
+    def sidecar_alive(self) -> bool:
+        return self.sidecar is not None and self.sidecar.poll() is None
 
     def stop(self) -> int | None:
         """Stop the sidecar (SIGTERM, as the kubelet does), then Triton; the sidecar's code."""

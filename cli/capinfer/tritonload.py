@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,15 +32,22 @@ class LoadCounts:
     """Requests answered with an output that is not ``2 * INPUT0``."""
     errors: list[str] = field(default_factory=list)
     """The first few failure messages, for the assertion message."""
+    failures_sent_s: list[float] = field(default_factory=list)
+    """When each failed request was sent (``time.monotonic()``): fault tests tell failures
+    during an outage from later ones."""
+    last_errors: list[str] = field(default_factory=list)
+    """The last few failure messages."""
 
     @property
     def completed(self) -> int:
         return self.succeeded + self.failed + self.wrong
 
-    def record_failure(self, message: str) -> None:
+    def record_failure(self, message: str, sent_s: float) -> None:
         self.failed += 1
+        self.failures_sent_s.append(sent_s)
         if len(self.errors) < _KEPT_ERRORS:
             self.errors.append(message)
+        self.last_errors = [*self.last_errors[1 - _KEPT_ERRORS :], message]
 
 
 class ClosedLoopLoad:
@@ -102,12 +110,13 @@ class ClosedLoopLoad:
             data = rng.random((self._rows, self._row_width), dtype=np.float32)
             request = triton_http.InferInput(SIMBATCH_INPUT, list(data.shape), "FP32")
             request.set_data_from_numpy(data)
+            sent_s = time.monotonic()
             try:
                 result = await self._client.infer(self._model_name, [request])
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure is what the caller counts
-                self.counts.record_failure(f"{type(error).__name__}: {error}")
+                self.counts.record_failure(f"{type(error).__name__}: {error}", sent_s)
                 self._progress.set()
                 # Do not spin on a dead server; a failure is already on the books.
                 with contextlib.suppress(TimeoutError):

@@ -8,8 +8,9 @@ get/list/watch on its own object (by name) and patch on its status.
 Errors by kind: an answer that says no (:class:`ApiException`) and every connection-level
 failure of the client (:data:`CONNECTION_ERRORS`: urllib3's ``MaxRetryError``,
 ``ProtocolError``, timeouts, ``OSError``...) are expected while the API server restarts or
-the network is down. The watch retries them with a capped backoff; a status write that
-meets them returns False. Anything else is a bug: the watch hands it to the coroutine
+the network is down. The watch retries a transport failure every 0.5 s and an answer
+with a backoff up to 30 s (:func:`retry_delay_s`); a status write that meets them returns
+False. Anything else is a bug: the watch hands it to the coroutine
 iterating :meth:`PowerSpecWatch.changes`, which raises it, so the task's supervisor sees
 it instead of a thread dying in a log line.
 """
@@ -34,8 +35,14 @@ PLURAL = "powercappedinferences"
 KIND = "PowerCappedInference"
 WATCH_TIMEOUT_S = 300
 RETRY_DELAY_S = 2.0
-"""First delay before the watch tries again; it doubles per failure in a row."""
+"""First delay before the watch tries again after the API server answered with an error;
+it doubles per such answer in a row."""
 MAX_RETRY_DELAY_S = 30.0
+TRANSPORT_RETRY_S = 0.5
+"""Delay before the watch tries again after a transport failure (nothing listening, a
+reset connection, a timeout), however often it happened: a connection attempt costs an
+absent API server nothing, and a cap patched as soon as the API server is back must reach
+the sidecar within a second, not after a backoff grown during the outage."""
 REQUEST_TIMEOUT_S = (5.0, 15.0)
 """(connect, read) for reads and status writes: a black-holed connection cannot hang them."""
 WATCH_REQUEST_TIMEOUT_S = (5.0, WATCH_TIMEOUT_S + 30.0)
@@ -79,6 +86,23 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def retry_delay_s(answers_in_a_row: int) -> float:
+    """How long the watch waits before it tries again.
+
+    After ``answers_in_a_row`` errors the API server answered with (429, 5xx, 404...): a
+    backoff that doubles from RETRY_DELAY_S up to MAX_RETRY_DELAY_S, so a busy server is
+    left alone. After a transport failure (``answers_in_a_row`` 0): TRANSPORT_RETRY_S.
+    """
+    if answers_in_a_row <= 0:
+        return TRANSPORT_RETRY_S
+    return float(min(RETRY_DELAY_S * 2 ** (answers_in_a_row - 1), MAX_RETRY_DELAY_S))
+
+
+def is_expired(error: BaseException) -> bool:
+    """410 Gone: the watch asked for a resourceVersion the server no longer has."""
+    return isinstance(error, ApiException) and error.status == 410
+
+
 def is_expected(error: BaseException) -> bool:
     """An API answer or a transport failure: worth retrying, not a bug."""
     return isinstance(error, (ApiException, *CONNECTION_ERRORS))
@@ -107,10 +131,25 @@ class PowerSpecWatch:
         )
         return cast(dict[str, Any], obj)
 
-    def _watch_once(self, stop: threading.Event, push: Callable[[dict[str, Any]], None]) -> None:
-        """Read the object, then follow its changes until the server ends the watch."""
+    def _watch_once(
+        self,
+        stop: threading.Event,
+        push: Callable[[dict[str, Any]], None],
+        read_worked: Callable[[], None],
+        *,
+        from_read: bool = True,
+    ) -> None:
+        """Read the object, then follow its changes until the server ends the watch.
+
+        The watch starts at the version read; with ``from_read`` False (that version was
+        too old for the server), at the server's current state, which it sends first.
+        """
         obj = self._read()
+        read_worked()
         push(dict(obj.get("spec", {}).get("power", {})))
+        since: dict[str, Any] = (
+            {"resource_version": obj["metadata"]["resourceVersion"]} if from_read else {}
+        )
         stream = watch.Watch()  # type: ignore[no-untyped-call]
         for event in stream.stream(  # type: ignore[no-untyped-call]
             self._api.list_namespaced_custom_object,
@@ -119,9 +158,9 @@ class PowerSpecWatch:
             self._ref.namespace,
             PLURAL,
             field_selector=f"metadata.name={self._ref.name}",
-            resource_version=obj["metadata"]["resourceVersion"],
             timeout_seconds=WATCH_TIMEOUT_S,
             _request_timeout=WATCH_REQUEST_TIMEOUT_S,
+            **since,
         ):
             if stop.is_set() or self._stop.is_set():
                 stream.stop()  # type: ignore[no-untyped-call]
@@ -137,11 +176,13 @@ class PowerSpecWatch:
     ) -> None:
         """Worker thread: list-then-watch until stopped, pushing each new ``spec.power``.
 
-        Expected errors are retried with a doubling delay (logged once per outage); an
-        unexpected one is pushed to the queue and ends the thread.
+        Expected errors are retried (:func:`retry_delay_s`; one warning per outage, and a
+        line once the object is read again); an unexpected one is pushed to the queue and
+        ends the thread.
         """
         last: dict[str, Any] | None = None
         failures = 0
+        answers = 0  # errors the API server answered with, in a row
 
         def push(power: dict[str, Any]) -> None:
             nonlocal last
@@ -152,25 +193,45 @@ class PowerSpecWatch:
         def stopped() -> bool:
             return stop.is_set() or self._stop.is_set()
 
+        def read_worked() -> None:
+            # The object was read: the API server is back, whatever ends this watch later.
+            nonlocal failures, answers
+            if failures:
+                log.info(
+                    "watch of %s/%s works again after %d failures",
+                    self._ref.namespace, self._ref.name, failures,
+                )  # fmt: skip
+            failures = answers = 0
+
+        expired = False  # the last attempt ended with 410 Gone
         while not stopped():
             try:
-                self._watch_once(stop, push)
+                self._watch_once(stop, push, read_worked, from_read=not expired)
             except Exception as error:
                 if not is_expected(error):
                     loop.call_soon_threadsafe(queue.put_nowait, error)
                     return
+                if is_expired(error) and not expired:
+                    # The version read is older than the server's watch history (a restarted
+                    # API server's cache starts at its own): at once, from its current state.
+                    expired = True
+                    log.info(
+                        "watch of %s/%s: %s; watching again from the server's current state",
+                        self._ref.namespace, self._ref.name, describe_error(error),
+                    )  # fmt: skip
+                    continue
+                expired = is_expired(error)
                 failures += 1
-                delay_s = min(RETRY_DELAY_S * 2 ** (failures - 1), MAX_RETRY_DELAY_S)
+                answers = answers + 1 if isinstance(error, ApiException) else 0
+                delay_s = retry_delay_s(answers)
                 log.log(
                     logging.WARNING if failures == 1 else logging.DEBUG,
-                    "watch of %s/%s failed (%s); retrying in %.0f s, quietly until it works",
+                    "watch of %s/%s failed (%s); retrying in %.1f s, quietly until it works",
                     self._ref.namespace, self._ref.name, describe_error(error), delay_s,
                 )  # fmt: skip
                 stop.wait(delay_s)
                 continue
-            if failures:
-                log.info("watch of %s/%s works again", self._ref.namespace, self._ref.name)
-            failures = 0
+            expired = False  # the watch ran until the server ended it
 
     async def changes(self) -> AsyncIterator[dict[str, Any]]:
         """``spec.power`` now and after every change; raises what broke the watch thread."""

@@ -11,7 +11,9 @@ settings it can (lowest clock, smallest batch) until readings return; a transien
 error before that is only retried. A lost GPU (``GPU_IS_LOST``) means the safest settings
 at once. A clock that cannot be set for ``stale_after_s`` (errors other than a refusal)
 means the safest settings too. When Triton is unreachable the loop keeps the clock knob;
-when the GPU refuses clock control it carries on with the batch knob alone. Reloads are bounded by a
+when the GPU refuses clock control it carries on with the batch knob alone. When Triton
+answers again, the batch size in effect is read back from it: a restarted Triton serves
+the model's own configuration, not the size the loop had loaded. Reloads are bounded by a
 :class:`~capinfer_sidecar.reloads.ReloadGovernor` (backoff, quarantine, rate, timeout).
 Clocks it locked are reset when it stops; when it fails, it locks the lowest clock before
 the error leaves :meth:`ControlLoop.run`, so the supervisor's backoff runs on safe clocks.
@@ -118,6 +120,7 @@ class ControlLoop:
     _last_good_power_s: float = field(default=0.0, init=False)
     _inference_history: deque[tuple[float, int]] = field(default_factory=deque, init=False)
     _last_counters: ServerCounters = field(default=ServerCounters(0, 0), init=False)
+    _server_away: bool = field(default=False, init=False)
     _stopping: bool = field(default=False, init=False)
     _settings_version: int = field(default=0, init=False)
     """Counts new settings and policies: readings taken before one are not judged by it."""
@@ -214,6 +217,7 @@ class ControlLoop:
                     applied=self._applied,
                     reload_in_flight=self._reload is not None,
                     queue_depth=self._last_counters.queue_depth,
+                    refused_batch_sizes=self.reloads.refused(),
                 )
             )
         if decision.knobs != self._decision.knobs:
@@ -275,11 +279,28 @@ class ControlLoop:
     async def _server_counters(self) -> ServerCounters | None:
         try:
             counters = await self.server.counters()
+            if self._server_away:
+                await self._batch_size_after_absence()
         except Exception as error:
-            log.debug("Triton statistics unavailable: %s", error)
+            if not self._server_away:
+                log.warning("Triton does not answer (%s): safest settings until it does", error)
+            self._server_away = True
             return None
+        if self._server_away:
+            log.info("Triton answers again")
+            self._server_away = False
         self._last_counters = counters
         return counters
+
+    async def _batch_size_after_absence(self) -> None:
+        """Triton was away: it may have restarted, serving the model's own configuration."""
+        in_effect = await self.server.max_batch_size()
+        if in_effect != self._applied.batch_size:
+            log.warning(
+                "Triton serves max batch %d, not %d as before it was away (it restarted)",
+                in_effect, self._applied.batch_size,
+            )  # fmt: skip
+            self._applied = replace(self._applied, batch_size=in_effect)
 
     def _account(self, power_watts: float, now: float) -> None:
         over = not math.isnan(power_watts) and power_watts > self.settings.cap_watts

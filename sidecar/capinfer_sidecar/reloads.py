@@ -99,6 +99,10 @@ class ReloadGovernor:
             )
         )
 
+    def refused(self) -> frozenset[int]:
+        """Batch sizes whose last load failed (none loaded since)."""
+        return frozenset(self._sizes)
+
     # -- telling -----------------------------------------------------------------------------
     def succeeded(self, batch_size: int, duration_s: float) -> None:
         self._sizes.pop(batch_size, None)

@@ -438,6 +438,10 @@ class TritonModel:
         """The control loop's batch knob: :meth:`reload_with_max_batch_size`."""
         await self.reload_with_max_batch_size(batch_size)
 
+    async def max_batch_size(self) -> int:
+        """The max batch size in effect, as Triton reports it."""
+        return (await self.batching()).max_batch_size
+
     async def reload_with_max_batch_size(self, max_batch_size: int) -> ReloadResult:
         """Reload the model with ``max_batch_size``; confirm it, or restore and raise.
 

@@ -273,6 +273,30 @@ class LocalCluster:
             shutil.rmtree(self.state_dir, ignore_errors=True)
         progress(f"cluster {self.name!r} is down")
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone; etcd and the other daemons keep running (fault tests)."""
+        self._load_state()
+        record = self._record("kube-apiserver")
+        stop_daemons([record], self._handles)
+        self._handles.pop(record.pid, None)
+        self._records.remove(record)
+        self._save_state()
+
+    def start_apiserver(self, timeout_s: float = 120.0) -> None:
+        """Start kube-apiserver again, on the same port and data, and wait until it is ready."""
+        self._load_state()
+        if any(record.name == "kube-apiserver" for record in self._records):
+            raise UserError(f"cluster {self.name!r}: kube-apiserver is already running")
+        self._start("kube-apiserver", self._apiserver_argv(self.binaries, self.pki))
+        deadline = time.monotonic() + timeout_s
+        self._wait_https(f"{self.apiserver_url}/readyz", "kube-apiserver", deadline)
+
+    def _record(self, name: str) -> DaemonRecord:
+        for record in self._records:
+            if record.name == name:
+                return record
+        raise UserError(f"cluster {self.name!r} has no {name} running")
+
     # -- helpers for callers -----------------------------------------------------------
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

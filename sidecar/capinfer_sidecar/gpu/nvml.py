@@ -58,6 +58,19 @@ def gpu_error_from_nvml(operation: str, error: pynvml.NVMLError) -> GpuError:
     return _ERROR_TYPES.get(code, GpuError)(operation, str(error), code)
 
 
+NVML_ERROR_CODES: dict[str, int] = {
+    name.removeprefix("NVML_ERROR_").lower(): value
+    for name, value in vars(pynvml).items()
+    if name.startswith("NVML_ERROR_") and isinstance(value, int)
+}
+"""NVML's return codes by name: ``unknown``, ``timeout``, ``gpu_is_lost``..."""
+
+
+def gpu_error_for_code(operation: str, code: int) -> GpuError:
+    """The error a call that got NVML return ``code`` raises (the virtual GPU's faults too)."""
+    return gpu_error_from_nvml(operation, pynvml.NVMLError(code))
+
+
 def nvml_errors(function: Callable[P, R]) -> Callable[P, R]:
     """Run ``function``; an NVML error becomes the matching :class:`GpuError`."""
 

@@ -7,6 +7,14 @@ power model of :mod:`capinfer_sidecar.sim.gpu_model`, so power spikes while the 
 computes, exactly as a GPU's would. The model sleeps for the profile's latency at the
 current SM clock, which this device publishes in a small JSON file each time the clock
 changes: a lower clock really slows inference down.
+
+Fault injection (tests only; the NVML device has no such path): a datagram
+``F <kind> <seconds>`` on the same socket makes every reading of the device (and, for a
+lost GPU, every call) raise, for that long, the error the NVML device raises for that
+NVML return code, built by the same function. ``<kind>`` is the code's name without
+``NVML_ERROR_``, in lower case (``unknown``, ``timeout``, ``gpu_is_lost``...); ``F clear 0``
+ends a fault early. The device logs when a fault starts and, at the first call after it
+ended, how many errors it raised.
 """
 
 from __future__ import annotations
@@ -17,14 +25,23 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from capinfer_sidecar.gpu.base import GpuDevice
-from capinfer_sidecar.gpu.errors import GpuInvalidArgumentError
+from capinfer_sidecar.gpu.errors import GpuInvalidArgumentError, GpuLostError
+from capinfer_sidecar.gpu.nvml import NVML_ERROR_CODES, gpu_error_for_code
 from capinfer_sidecar.sim.gpu_model import VirtualGpu
 from capinfer_sidecar.sim.profiles import WorkloadProfile
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Fault:
+    kind: str
+    until_s: float
+    raised: int = 0
 
 
 def latency_table(profile: WorkloadProfile, clock_mhz: int | None) -> dict[str, object]:
@@ -54,7 +71,41 @@ class VirtualGpuDevice(GpuDevice):
         self._model = VirtualGpu(profile, seed=seed, start_s=monotonic())
         self._latency_table_path = latency_table_path
         self._uuid = uuid
+        self._fault: _Fault | None = None
         self._publish_latency(None)
+
+    # -- fault injection (tests) ---------------------------------------------------------
+    def inject_fault(self, kind: str, duration_s: float) -> None:
+        """Every call raises ``kind``'s NVML error for ``duration_s``; ``clear`` ends it."""
+        self._end_fault(self._monotonic(), force=True)
+        if kind == "clear":
+            return
+        if kind not in NVML_ERROR_CODES:
+            raise ValueError(f"unknown fault {kind!r}: not an NVML error name, nor 'clear'")
+        if not duration_s > 0:
+            raise ValueError(f"a fault lasts more than 0 s, not {duration_s}")
+        self._fault = _Fault(kind, self._monotonic() + duration_s)
+        log.warning("virtual GPU: injected fault %s for %.2f s", kind, duration_s)
+
+    def _end_fault(self, now: float, force: bool = False) -> None:
+        fault = self._fault
+        if fault is not None and (force or now >= fault.until_s):
+            self._fault = None
+            log.warning(
+                "virtual GPU: injected fault %s over, %d errors raised", fault.kind, fault.raised
+            )
+
+    def _check_fault(self, operation: str, *, reading: bool = True) -> None:
+        if self._fault is None:
+            return
+        self._end_fault(self._monotonic())
+        fault = self._fault
+        if fault is None:
+            return
+        error = gpu_error_for_code(operation, NVML_ERROR_CODES[fault.kind])
+        if reading or isinstance(error, GpuLostError):
+            fault.raised += 1
+            raise error
 
     # -- fed by the batch reports --------------------------------------------------------
     def batch_started(self, size: int, start_s: float) -> None:
@@ -79,18 +130,22 @@ class VirtualGpuDevice(GpuDevice):
         return f"virtual {self._profile.gpu.name} running {self._profile.label}"
 
     def power_watts(self) -> float:
+        self._check_fault("power_watts")
         return self._model.instant_power_watts(self._monotonic())
 
     def average_power_watts(self) -> float:
+        self._check_fault("average_power_watts")
         return self._model.average_power_watts(self._monotonic())
 
     def energy_joules(self) -> float:
+        self._check_fault("energy_joules")
         return self._model.energy_joules(self._monotonic())
 
     def supported_sm_clocks_mhz(self) -> tuple[int, ...]:
         return tuple(self._profile.gpu.clock_levels_mhz)
 
     def sm_clock_mhz(self) -> int:
+        self._check_fault("sm_clock_mhz")
         clock = self._model.clock_mhz(self._monotonic())
         return clock if clock is not None else self._profile.gpu.default_clock_mhz
 
@@ -98,6 +153,7 @@ class VirtualGpuDevice(GpuDevice):
         return float(self._profile.gpu.power_limit_watts)
 
     def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None:
+        self._check_fault("set_locked_sm_clock_mhz", reading=False)
         if clock_mhz not in self._profile.gpu.clock_levels_mhz:
             raise GpuInvalidArgumentError(
                 "set locked SM clock", f"{clock_mhz} MHz is not a supported clock"
@@ -106,6 +162,7 @@ class VirtualGpuDevice(GpuDevice):
         self._publish_latency(clock_mhz)
 
     def reset_sm_clock(self) -> None:
+        self._check_fault("reset_sm_clock", reading=False)
         self._model.set_clock(None, self._monotonic())
         self._publish_latency(None)
 
@@ -131,6 +188,8 @@ class _BatchReportProtocol(asyncio.DatagramProtocol):
         try:
             if fields and fields[0] == "S" and len(fields) == 3:
                 self._device.batch_started(int(fields[1]), float(fields[2]))
+            elif fields and fields[0] == "F" and len(fields) == 3:
+                self._device.inject_fault(fields[1], float(fields[2]))
             elif len(fields) == 3:
                 self._device.batch_finished(int(fields[0]), float(fields[1]), float(fields[2]))
             else:

@@ -240,8 +240,13 @@ class Adaptive(Policy):
         if self._batch_applied_s is None and not observation.reload_in_flight:
             if observation.applied.batch_size == self._batch:
                 self._batch_applied_s = observation.now_s
+            elif self._batch in observation.refused_batch_sizes:
+                self._give_up_reload(observation, "Triton refused to load it")
             elif observation.now_s - self._moved_s > self._tuning.reload_timeout_s:
-                self._give_up_reload(observation)
+                self._give_up_reload(
+                    observation,
+                    f"it did not take effect within {self._tuning.reload_timeout_s:g} s",
+                )
         if previous is not None and previous.batch_size != observation.applied.batch_size:
             # The batch formed under the old max may still be executing: until it is done,
             # a clock must be safe for it too.
@@ -267,18 +272,14 @@ class Adaptive(Policy):
             self._plan(observation)
         return self._decision()
 
-    def _give_up_reload(self, observation: Observation) -> None:
-        """A batch-size change never took effect (Triton refused the load): stay with what
-        serves, and leave that batch size alone for the memory."""
+    def _give_up_reload(self, observation: Observation, why: str) -> None:
+        """A batch-size change never took effect (Triton refused the load, or it took too
+        long): stay with what serves, and leave that batch size alone for the memory."""
         refused = self._batch
         self._refused[refused] = observation.now_s
         self._batch = observation.applied.batch_size
         self._batch_applied_s = observation.now_s
-        self._say(
-            f"reload to batch {refused} did not take effect within "
-            f"{self._tuning.reload_timeout_s:g} s: batch {self._batch} stays",
-            "reload-failed",
-        )
+        self._say(f"reload to batch {refused}: {why}; batch {self._batch} stays", "reload-failed")
 
     def _usable(self, batch: int) -> bool:
         """Not refused by the server recently."""

@@ -472,6 +472,12 @@ class SimulatedTriton:
         self._check_reachable("model statistics")
         return self._server.counters(self._monotonic())
 
+    async def max_batch_size(self) -> int:
+        """The size in effect (an outage here is Triton not answering, not a restart: the
+        size it serves is unchanged)."""
+        self._check_reachable("model config")
+        return self._server.max_batch_size
+
     async def apply_max_batch_size(self, batch_size: int) -> None:
         self._check_reachable("load model")
         self.loads_asked += 1

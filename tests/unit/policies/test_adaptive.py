@@ -161,3 +161,15 @@ def test_a_batch_size_the_server_refuses_is_given_up() -> None:
     assert final.knobs.batch_size == run.observations[-1].applied.batch_size
     assert final.knobs.batch_size not in {32, 64}
     assert any(d.state == "reload-failed" for d in run.decisions)
+
+
+def test_a_refusal_the_driver_reports_is_given_up_at_once_for_the_largest_size_that_loads() -> None:
+    plant = gpu(refused_batches=frozenset({64, 128, 256}))
+    run = drive(Adaptive(), plant, settings(250.0), duration_s=30, report_refusals=True)
+    gave_up = [i for i, d in enumerate(run.decisions) if d.state == "reload-failed"]
+    assert gave_up, "the policy never gave the refused size up"
+    first = run.observations[gave_up[0]]
+    assert first.refused_batch_sizes and "Triton refused" in run.decisions[gave_up[0]].reason
+    # Without the report it would wait out reload_timeout_s (60 s) instead.
+    assert first.now_s < 20
+    assert run.observations[-1].applied.batch_size == 32

@@ -115,8 +115,14 @@ def drive(
     cap_changes: Mapping[float, float] | None = None,
     settings_changes: Mapping[float, PowerSettings] | None = None,
     queue_depth: int | None = None,
+    report_refusals: bool = False,
 ) -> Run:
-    """Run ``policy`` on ``gpu`` for ``duration_s``; the first decision is loaded at t=0."""
+    """Run ``policy`` on ``gpu`` for ``duration_s``; the first decision is loaded at t=0.
+
+    With ``report_refusals`` each observation names the sizes whose last load failed, as
+    the control loop does.
+    """
+    refused: set[int] = set()
     rng = random.Random(gpu.seed)
     run = Run()
     decision = policy.start(settings, 0.0)
@@ -151,6 +157,9 @@ def drive(
             if pending.batch_size not in gpu.refused_batches:
                 applied = Knobs(pending.batch_size, applied.sm_clock_mhz)
                 peak = max(peak, gpu.peak_watts(applied))
+                refused.discard(pending.batch_size)
+            else:
+                refused.add(pending.batch_size)
             pending = None
             reload_done_s = math.inf
         before = int(batches)
@@ -166,6 +175,7 @@ def drive(
             applied=applied,
             reload_in_flight=pending is not None,
             queue_depth=queue_depth,
+            refused_batch_sizes=frozenset(refused) if report_refusals else frozenset(),
         )
         run.wanted_before.append(decision.knobs)
         decision = policy.step(observation)

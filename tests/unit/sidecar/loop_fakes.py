@@ -73,6 +73,8 @@ class FakeServer:
     release_reload: asyncio.Event = field(default_factory=asyncio.Event)
     applied: list[int] = field(default_factory=list)
     attempts: list[int] = field(default_factory=list)
+    serving: int = 1
+    """The max batch size in effect."""
 
     async def counters(self) -> ServerCounters:
         if not self.reachable:
@@ -87,6 +89,12 @@ class FakeServer:
         if self.fail_reload:
             raise RuntimeError("load failed")
         self.applied.append(batch_size)
+        self.serving = batch_size
+
+    async def max_batch_size(self) -> int:
+        if not self.reachable:
+            raise ConnectionError("refused")
+        return self.serving
 
 
 class ScriptedPolicy(Policy):

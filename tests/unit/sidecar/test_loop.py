@@ -95,6 +95,24 @@ async def test_unreachable_triton_keeps_the_clock_knob() -> None:
     assert snapshot.batch_size == 1
 
 
+async def test_a_restarted_triton_serves_its_own_batch_size_and_the_loop_reloads() -> None:
+    time = FakeTime()
+    server = FakeServer()
+    server.release_reload.set()
+    loop, _ = make_loop(ScriptedPolicy(Knobs(16, None)), FakeGpu([120.0]), server, time)
+    await loop.sample_once()
+    await asyncio.sleep(0)
+    assert (await loop.sample_once()).batch_size == 16
+    server.reachable = False
+    assert (await loop.sample_once()).degraded == "Triton is unreachable"
+    server.reachable, server.serving = True, 8  # restarted from the model's own config
+    back = await loop.sample_once()
+    assert back.degraded is None and back.batch_size == 8
+    await asyncio.sleep(0)
+    assert (await loop.sample_once()).batch_size == 16
+    assert server.applied == [16, 16]
+
+
 async def test_new_settings_reach_the_policy_and_shutdown_resets_clocks() -> None:
     time = FakeTime()
     gpu = FakeGpu([120.0])

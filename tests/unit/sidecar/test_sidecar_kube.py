@@ -140,23 +140,29 @@ async def first_items(watcher: PowerSpecWatch, count: int) -> list[dict[str, Any
 
 
 async def test_watch_retries_transport_errors_then_follows_changes(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(kube, "RETRY_DELAY_S", 0.001)
+    monkeypatch.setattr(kube, "TRANSPORT_RETRY_S", 0.001)
     monkeypatch.setattr(kube.watch, "Watch", FakeWatch)
     monkeypatch.setattr(FakeWatch, "events", [{"type": "MODIFIED", "object": obj(120)}])
+    caplog.set_level(logging.INFO, logger="capinfer_sidecar.kube")
     watcher = PowerSpecWatch(client.ApiClient(), REF)
     api = ScriptedApi(transport_errors(), obj(150))
     watcher._api = api  # type: ignore[assignment]
     items = await asyncio.wait_for(first_items(watcher, 2), timeout=10)
     assert items == [{"capWatts": 150}, {"capWatts": 120}]
     assert api.calls == len(transport_errors()) + 1
+    # Said as soon as the object is read again, not when the watch ends minutes later.
+    recovered = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
+    assert recovered == [f"watch of ml/resnet works again after {len(transport_errors())} failures"]
 
 
 async def test_watch_of_an_unreachable_api_server_keeps_trying(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(kube, "RETRY_DELAY_S", 0.001)
+    monkeypatch.setattr(kube, "TRANSPORT_RETRY_S", 0.001)
     watcher = PowerSpecWatch(closed_port_client(), REF)
     changes = watcher.changes()
     pending = asyncio.ensure_future(anext(changes))
@@ -173,3 +179,35 @@ async def test_watch_hands_an_unexpected_error_to_its_caller(
     watcher._api = ScriptedApi([ValueError("unparseable object")])  # type: ignore[assignment]
     with pytest.raises(ValueError, match="unparseable"):
         await asyncio.wait_for(first_items(watcher, 1), timeout=10)
+
+
+def test_transport_failures_are_retried_at_once_and_answers_back_off() -> None:
+    assert kube.retry_delay_s(0) == kube.TRANSPORT_RETRY_S == 0.5
+    assert [kube.retry_delay_s(n) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
+    assert kube.retry_delay_s(100) == kube.MAX_RETRY_DELAY_S
+
+
+class ExpiringWatch(FakeWatch):
+    """A stream from a resourceVersion ends with 410 Gone, as a restarted API server's
+    does when its watch cache starts after the object's version."""
+
+    expired = 0
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        if "resource_version" in kwargs:
+            ExpiringWatch.expired += 1
+            raise ApiException(status=410, reason="Expired: too old resource version")
+        yield from super().stream(*args, **kwargs)
+
+
+async def test_a_watch_expired_410_is_read_again_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kube, "RETRY_DELAY_S", 30.0)  # a backoff would outlast the test
+    monkeypatch.setattr(kube.watch, "Watch", ExpiringWatch)
+    monkeypatch.setattr(ExpiringWatch, "events", [{"type": "MODIFIED", "object": obj(120)}])
+    watcher = PowerSpecWatch(client.ApiClient(), REF)
+    api = ScriptedApi([], obj(150))
+    watcher._api = api  # type: ignore[assignment]
+    items = await asyncio.wait_for(first_items(watcher, 2), timeout=10)
+    assert items == [{"capWatts": 150}, {"capWatts": 120}]
+    # read, watch from its version (410), read again, watch from the current state
+    assert ExpiringWatch.expired == 1 and api.calls == 2
