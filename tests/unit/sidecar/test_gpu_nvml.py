@@ -17,6 +17,7 @@ from unittest import mock
 
 import pytest
 
+from capinfer_node_agent.nvml import NvmlControls
 from capinfer_sidecar.gpu import (
     GpuError,
     GpuInvalidArgumentError,
@@ -27,7 +28,6 @@ from capinfer_sidecar.gpu import (
     GpuRefusedError,
     GpuUnavailableError,
 )
-from capinfer_node_agent.nvml import NvmlControls
 from capinfer_sidecar.gpu.nvml import NvmlSession, nvml_is_available
 
 with warnings.catch_warnings():
