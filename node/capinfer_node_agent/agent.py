@@ -52,6 +52,8 @@ class Reviewer(Protocol):
 class Pods(Protocol):
     def by_uid(self, uid: str) -> PodInfo | None: ...
 
+    def fetch(self, namespace: str, name: str) -> PodInfo | None: ...
+
     def running_uids(self) -> set[str]: ...
 
 
@@ -140,7 +142,10 @@ class Agent:
                 "token review", f"the API server could not review it: {error}"
             ) from error
         caller = caller_from_review(status, self.audience)
-        check_pod(caller, self.pods.by_uid(caller.uid), self.node)
+        pod = self.pods.by_uid(caller.uid)
+        if pod is None:  # newer than the watch's last event: ask the API server
+            pod = await asyncio.to_thread(self.pods.fetch, caller.namespace, caller.pod)
+        check_pod(caller, pod, self.node)
         try:
             allocations = await asyncio.to_thread(self.allocations)
         except Exception as error:

@@ -76,6 +76,16 @@ class NodePods:
         with self._lock:
             return self._pods.get(uid)
 
+    def fetch(self, namespace: str, name: str) -> PodInfo | None:
+        """One pod from the API server (a pod so new the watch has not brought it yet)."""
+        try:
+            pod = self._core.read_namespaced_pod(name, namespace)
+        except kube_client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return PodInfo.from_manifest(self._sanitize(pod))
+
     def running_uids(self) -> set[str]:
         with self._lock:
             return {uid for uid, pod in self._pods.items() if pod.running}
