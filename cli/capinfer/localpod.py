@@ -74,6 +74,8 @@ class LocalPod:
     """Environment of the sidecar on top of this process's (a pod spec's env, say)."""
     sidecar_command: Sequence[str] = (sys.executable, "-m", "capinfer_sidecar.main")
     """How the sidecar starts: the pod spec's command, or this Python's module."""
+    virtual_controls: Path | None = None
+    """The virtual GPU's controls file, when a node agent sets its knobs."""
     triton: LocalTritonServer | None = field(default=None, init=False)
     sidecar: subprocess.Popen[bytes] | None = field(default=None, init=False)
     metrics_port: int = field(default=0, init=False)
@@ -129,7 +131,7 @@ class LocalPod:
             "--batch-report-socket", str(self.report_socket),
             "--latency-table", str(self.latency_table),
             "--metrics-address", f"127.0.0.1:{self.metrics_port}",
-            "--state-dir", str(self.work_dir / "state"),
+            *(["--virtual-controls", str(self.virtual_controls)] if self.virtual_controls else []),
             *self.sidecar_args,
         ]  # fmt: skip
         with self.sidecar_log.open("ab") as log:
