@@ -412,8 +412,11 @@ class Backstop:
         try:
             results = self.client.set_power_limit(self.gpus, cap)
         except GpuError as error:
-            self.message = f"the board power limit could not be set: {error}"
-            log.warning("%s", self.message)
+            message = f"the board power limit could not be set: {error}"
+            if message != self.message:
+                log.warning("%s", message)
+            self.message = message
+            self.enforced_watts = None
             return
         self.enforced_watts = max((r.enforced_watts for r in results), default=None)
         self.message = _backstop_message(cap, results)
@@ -570,7 +573,11 @@ async def run(args: argparse.Namespace) -> int:
                 if entry is not None:
                     await writer.write(entry)
 
-        client = group.clocks if isinstance(group.clocks, NodeAgentClient) else None
+        # The board limit is worth setting even without clock control, and an agent that was
+        # not reachable at start is tried again at every interval.
+        client = (
+            NodeAgentClient(args.node_agent, args.node_agent_token) if args.node_agent else None
+        )
         if group.clocks is None:
             sidecar.clock_message = group.no_clocks_reason
         backstop = Backstop(client, lambda: follower.spec.cap_watts, group.uuids)
