@@ -453,7 +453,7 @@ class Sidecar:
     collector: SnapshotCollector
     publish_now: asyncio.Event
     spec_changed: asyncio.Event = field(default_factory=asyncio.Event)
-    clock_message: str | None = None
+    clock_message: Callable[[], str | None] = lambda: None
     backstop: Backstop | None = None
 
     def on_spec_change(self) -> None:
@@ -488,7 +488,7 @@ class Sidecar:
             self.args.pod_name, gpu_uuids, latest,
             failed_task=failing.task if failing is not None else None,
             problem="; ".join(problems) or None,
-            clock_message=self.clock_message,
+            clock_message=self.clock_message(),
             power_limit_watts=backstop.enforced_watts,
             backstop_message=backstop.message,
         )  # fmt: skip
@@ -578,8 +578,7 @@ async def run(args: argparse.Namespace) -> int:
         client = (
             NodeAgentClient(args.node_agent, args.node_agent_token) if args.node_agent else None
         )
-        if group.clocks is None:
-            sidecar.clock_message = group.no_clocks_reason
+        sidecar.clock_message = lambda: group.refusal
         backstop = Backstop(client, lambda: follower.spec.cap_watts, group.uuids)
         sidecar.backstop = backstop
         if client is not None:

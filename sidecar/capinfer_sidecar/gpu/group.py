@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from capinfer_sidecar.gpu.base import GpuDevice
-from capinfer_sidecar.gpu.errors import GpuPermissionError
+from capinfer_sidecar.gpu.errors import GpuPermissionError, GpuRefusedError
 
 
 class ClockKnob(Protocol):
@@ -42,6 +42,8 @@ class GpuGroup:
         self.gpus = tuple(gpus)
         self.clocks = clocks
         self.no_clocks_reason = no_clocks_reason
+        self.refusal: str | None = None if clocks is not None else no_clocks_reason
+        """Why clocks cannot be set, once that is known (no knob, or the knob refused)."""
 
     @property
     def uuids(self) -> list[str]:
@@ -63,7 +65,11 @@ class GpuGroup:
     def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None:
         if self.clocks is None:
             raise GpuPermissionError("set locked SM clock", self.no_clocks_reason)
-        self.clocks.lock_sm_clock(self.uuids, clock_mhz)
+        try:
+            self.clocks.lock_sm_clock(self.uuids, clock_mhz)
+        except GpuRefusedError as error:
+            self.refusal = str(error)
+            raise
 
     def reset_sm_clock(self) -> None:
         if self.clocks is not None:

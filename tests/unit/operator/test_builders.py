@@ -323,3 +323,10 @@ def test_the_sidecar_role_binding_names_its_account() -> None:
     ]
     assert children["ServiceAccount"]["metadata"]["name"] == "resnet-capinfer-sidecar"
     assert all(c["metadata"]["namespace"] == "ml" for c in children.values())
+
+
+def test_a_host_path_model_repository_is_refused() -> None:
+    spec = copy.deepcopy(SPEC)
+    spec["triton"]["modelRepository"] = {"volume": {"hostPath": {"path": "/"}}}
+    with pytest.raises(SpecError, match="hostPath would give the pod the node's files"):
+        build_deployment(TARGET, spec, "i")

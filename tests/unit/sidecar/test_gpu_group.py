@@ -73,9 +73,22 @@ def test_clocks_are_set_through_the_knob_for_every_gpu_of_the_pod() -> None:
 
 def test_without_a_knob_a_clock_is_a_refusal_that_says_why() -> None:
     group, _, _ = group_of(None)
+    assert group.refusal == "no node agent here"
     with pytest.raises(GpuPermissionError, match="no node agent here"):
         group.set_locked_sm_clock_mhz(900)
     group.reset_sm_clock()  # nothing to reset: no error
+
+
+def test_a_refusal_by_the_knob_is_remembered_for_the_status() -> None:
+    class RefusingKnob(RecordingKnob):
+        def lock_sm_clock(self, gpus: Sequence[str], clock_mhz: int) -> None:
+            raise GpuPermissionError("lock-sm-clock", "node agent: pod p does not hold GPU-b")
+
+    group, _, _ = group_of(RefusingKnob())
+    assert group.refusal is None
+    with pytest.raises(GpuPermissionError):
+        group.set_locked_sm_clock_mhz(900)
+    assert group.refusal is not None and "does not hold GPU-b" in group.refusal
 
 
 def test_an_empty_group_is_refused() -> None:
