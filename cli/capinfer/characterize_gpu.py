@@ -206,7 +206,10 @@ def run_characterize(args: argparse.Namespace) -> int:
             idle = measure_idle(meter, args.idle_seconds)
             if args.clock_sweep:
                 clocks = pick_clocks(supported, args.clock_count)
-                controls = NvmlControls(gpu)  # the clock sweep runs as root, like the node agent
+                # The clock sweep runs as root and sets clocks as the node agent does.
+                from capinfer_node_agent.nvml import NvmlControls  # noqa: PLC0415
+
+                controls = NvmlControls(gpu)
                 result = clock_sweep(
                     runner, meter, controls, clocks, settings, progress=_print_point
                 )
