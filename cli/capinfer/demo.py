@@ -292,6 +292,7 @@ class Demo:
             env=env,
             sidecar_command=sidecar_command(sidecar),
             virtual_controls=self.gpu_controls,
+            local_agent=False,  # the node's agent, started above, serves this pod
         )
         self.say("starting the pod's containers here: tritonserver + capinfer-sidecar "
                  f"(as ServiceAccount {account})")  # fmt: skip

@@ -3,7 +3,8 @@
 On a real node the agent is a DaemonSet pod; here it runs as a subprocess with a kubeconfig
 of its own ServiceAccount (the chart's RBAC), the kubelet's pod-resources API served by
 :class:`capinfer.podresources.PodResourcesServer`, and virtual GPUs whose knobs live in
-controls files that the sidecars' virtual devices follow.
+controls files that the sidecars' virtual devices follow. Without a kubeconfig it runs as
+on a host without Kubernetes (``--auth local``: callers known by their UID).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class LocalNodeAgent:
 
     work_dir: Path
     node: str
-    kubeconfig: Path
-    pod_resources_socket: Path
+    kubeconfig: Path | None
+    """None: a host without Kubernetes (``--auth local``)."""
+    pod_resources_socket: Path | None
     gpus: Mapping[str, Path]
     """GPU UUID -> its controls file."""
     virtual_profile: str = "p40"
@@ -60,12 +62,18 @@ class LocalNodeAgent:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         self.metrics_port = free_port()
+        if self.kubeconfig is None:
+            auth = ["--auth", "local"]
+        else:
+            auth = [
+                "--kubeconfig", str(self.kubeconfig),
+                "--pod-resources-socket", str(self.pod_resources_socket),
+            ]  # fmt: skip
         argv = [
             sys.executable, "-m", "capinfer_node_agent.main",
             "--listen", self.address,
             "--node-name", self.node,
-            "--kubeconfig", str(self.kubeconfig),
-            "--pod-resources-socket", str(self.pod_resources_socket),
+            *auth,
             "--state-dir", str(self.work_dir / "state"),
             "--metrics-address", f"127.0.0.1:{self.metrics_port}",
             "--gpu", "virtual",

@@ -26,7 +26,8 @@ from capinfer_node_agent.auth import (
     check_gpus,
     check_pod,
 )
-from capinfer_node_agent.ledger import Ledger, stale_claims
+from capinfer_node_agent.ledger import Ledger, Owner, stale_claims
+from capinfer_node_agent.local import LocalProcesses, Peer
 from capinfer_node_agent.podresources import Allocations
 from capinfer_sidecar.gpu.agent import (
     KIND_GPU,
@@ -92,17 +93,20 @@ class Agent:
     devices: Mapping[str, GpuControls]
     reviewer: Reviewer
     pods: Pods
-    allocations: Callable[[], Allocations]
+    allocations: Callable[[], Allocations] | None
+    """The kubelet's allocations; None on a host without Kubernetes (``local``)."""
     ledger: Ledger
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
+    local: LocalProcesses | None = None
+    """Set on a host without Kubernetes: callers are processes, known by SO_PEERCRED."""
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     # -- requests ------------------------------------------------------------------------
-    async def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    async def handle(self, request: Mapping[str, Any], peer: Peer | None = None) -> dict[str, Any]:
         op = str(request.get("op", ""))
         label = op if op in OPS else "unknown"
         try:
-            answer = await self._handle(op, request)
+            answer = await self._handle(op, request, peer)
         except RefusedError as error:
             self.metrics.requests.labels(label, "refused").inc()
             log.warning("refused %s: %s", label, error)
@@ -119,18 +123,24 @@ class Agent:
         self.metrics.requests.labels(label, "ok").inc()
         return {"ok": True, **answer}
 
-    async def _handle(self, op: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    async def _handle(
+        self, op: str, request: Mapping[str, Any], peer: Peer | None
+    ) -> dict[str, Any]:
         if op not in OPS:
             raise InvalidRequestError(f"unknown operation {op!r}")
-        caller, allocated = await self._authenticate(str(request.get("token") or ""))
+        if self.local is not None:
+            owner, allocated = self.local.owner(peer), set(self.devices)
+        else:
+            caller, allocated = await self._authenticate(str(request.get("token") or ""))
+            owner = caller.owner
         if op == OP_HELLO:
             return {"gpus": sorted(g for g in allocated if g in self.devices)}
         gpus = request.get("gpus")
         if not isinstance(gpus, list) or not all(isinstance(g, str) for g in gpus):
             raise InvalidRequestError("'gpus' must be a list of GPU UUIDs")
-        check_gpus(gpus, allocated, self.devices.keys(), f"{caller.namespace}/{caller.pod}")
+        check_gpus(gpus, allocated, self.devices.keys(), str(owner))
         async with self._lock:
-            return await asyncio.to_thread(self._apply, op, caller, gpus, request)
+            return await asyncio.to_thread(self._apply, op, owner, gpus, request)
 
     async def _authenticate(self, token: str) -> tuple[Caller, set[str]]:
         if not token:
@@ -146,6 +156,8 @@ class Agent:
         if pod is None:  # newer than the watch's last event: ask the API server
             pod = await asyncio.to_thread(self.pods.fetch, caller.namespace, caller.pod)
         check_pod(caller, pod, self.node)
+        if self.allocations is None:
+            raise RefusedError("this agent has no kubelet to ask which GPUs a pod holds")
         try:
             allocations = await asyncio.to_thread(self.allocations)
         except Exception as error:
@@ -153,44 +165,44 @@ class Agent:
         return caller, set(allocations.get((caller.namespace, caller.pod), ()))
 
     def _apply(
-        self, op: str, caller: Caller, gpus: Sequence[str], request: Mapping[str, Any]
+        self, op: str, owner: Owner, gpus: Sequence[str], request: Mapping[str, Any]
     ) -> dict[str, Any]:
         for gpu in gpus:
-            self._take_over(gpu, caller)
+            self._take_over(gpu, owner)
         if op == OP_LOCK_SM_CLOCK:
             clock = request.get("clockMHz")
             if not isinstance(clock, int) or isinstance(clock, bool):
                 raise InvalidRequestError("'clockMHz' must be an integer")
             for gpu in gpus:
-                self.ledger.claim_for(gpu, caller.owner).clock_mhz = clock
+                self.ledger.claim_for(gpu, owner).clock_mhz = clock
             self.ledger.save()
             for gpu in gpus:
                 self.devices[gpu].set_locked_sm_clock_mhz(clock)
-            log.info("%s: SM clock of %s locked at %d MHz", caller.owner, ", ".join(gpus), clock)
+            log.info("%s: SM clock of %s locked at %d MHz", owner, ", ".join(gpus), clock)
             return {}
         if op == OP_RESET_SM_CLOCK:
             for gpu in gpus:
                 self.devices[gpu].reset_sm_clock()
-                self.ledger.claim_for(gpu, caller.owner).clock_mhz = None
+                self.ledger.claim_for(gpu, owner).clock_mhz = None
             self.ledger.save()
             return {}
         assert op == OP_SET_POWER_LIMIT
-        return {"powerLimits": [self._set_limit(caller, gpu, request.get("watts")) for gpu in gpus]}
+        return {"powerLimits": [self._set_limit(owner, gpu, request.get("watts")) for gpu in gpus]}
 
-    def _set_limit(self, caller: Caller, gpu: str, watts: Any) -> dict[str, Any]:
+    def _set_limit(self, owner: Owner, gpu: str, watts: Any) -> dict[str, Any]:
         if isinstance(watts, bool) or not isinstance(watts, int | float) or watts <= 0:
             raise InvalidRequestError("'watts' must be a positive number")
         device = self.devices[gpu]
         limits = device.power_limit_range()
         target = limits.clamp(float(watts))
-        self.ledger.claim_for(gpu, caller.owner).limit_watts = target
+        self.ledger.claim_for(gpu, owner).limit_watts = target
         self.ledger.save()
         device.set_power_limit_watts(target)
         enforced = device.enforced_power_limit_watts()
         if target != watts:
             log.warning(
                 "%s: power limit %.0f W for %s is outside the card's [%.0f, %.0f] W: set %.0f W",
-                caller.owner, watts, gpu, limits.min_watts, limits.max_watts, target,
+                owner, watts, gpu, limits.min_watts, limits.max_watts, target,
             )  # fmt: skip
         return {
             "gpu": gpu,
@@ -200,20 +212,25 @@ class Agent:
             "maxWatts": limits.max_watts,
         }
 
-    def _take_over(self, gpu: str, caller: Caller) -> None:
+    def _take_over(self, gpu: str, owner: Owner) -> None:
         """A GPU still claimed by another pod (gone, since the kubelet gave it to this one)."""
         claim = self.ledger.claims.get(gpu)
-        if claim is not None and claim.owner != caller.owner:
-            self._reset(gpu, f"{gpu} now belongs to {caller.owner}", "reassigned")
+        if claim is None or claim.owner == owner:
+            return
+        if self.local is not None and claim.owner.uid in self.local.running_uids():
+            # No kubelet decides who holds a GPU here: the first live claimant keeps it.
+            raise RefusedError(f"{gpu} is held by {claim.owner}, which still runs")
+        self._reset(gpu, f"{gpu} now belongs to {owner}", "reassigned")
 
     # -- giving GPUs back ----------------------------------------------------------------
     async def reconcile(self) -> list[str]:
         """Reset every stale claim; returns the GPUs reset."""
-        try:
-            allocations: Allocations | None = await asyncio.to_thread(self.allocations)
-        except Exception as error:
-            log.warning("the kubelet's pod-resources API did not answer (%s)", error)
-            allocations = None
+        allocations: Allocations | None = None
+        if self.allocations is not None:
+            try:
+                allocations = await asyncio.to_thread(self.allocations)
+            except Exception as error:
+                log.warning("the kubelet's pod-resources API did not answer (%s)", error)
         async with self._lock:
             stale = stale_claims(self.ledger.claims, self.pods.running_uids(), allocations)
             for gpu, why in stale.items():

@@ -5,6 +5,10 @@ the only capinfer process that may call NVML's ``Set*``. At start it waits for i
 the node's pods, then resets every GPU its ledger says a gone pod had claimed; then it
 serves requests and reconciles every second; on SIGTERM it resets what pods claimed
 (``--no-reset-on-exit`` leaves them for the next agent to reconcile).
+
+On a host without Kubernetes (``--auth local``) the agent serves a Unix socket only, takes
+the caller's identity from the kernel (``SO_PEERCRED``) and resets a GPU once the process
+that claimed it has exited; see :mod:`capinfer_node_agent.local`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from prometheus_client import start_http_server
 from capinfer_node_agent.agent import Agent, AgentMetrics
 from capinfer_node_agent.kube import NodePods, TokenReviewer
 from capinfer_node_agent.ledger import Ledger
+from capinfer_node_agent.local import LocalProcesses, peer_of
 from capinfer_node_agent.podresources import GPU_RESOURCE, KUBELET_SOCKET, PodResourcesClient
 from capinfer_sidecar.gpu.agent import MAX_LINE_BYTES, parse_address
 from capinfer_sidecar.gpu.base import GpuControls
@@ -55,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=[a for a in env("CAPINFER_AGENT_LISTEN", "").split(",") if a],
         help="unix:///path or tcp://host:port to serve sidecars on (repeatable)"
         " [env CAPINFER_AGENT_LISTEN, comma-separated]",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=("kubernetes", "local"),
+        default=env("CAPINFER_AGENT_AUTH", "kubernetes"),
+        help="kubernetes: pod-bound tokens, TokenReview and the kubelet (default); local: a"
+        " host without Kubernetes, callers known by their UID on a Unix socket",
+    )
+    parser.add_argument(
+        "--allow-uid",
+        type=int,
+        action="append",
+        default=[],
+        help="--auth local: a UID whose processes may steer GPUs (repeatable; default: the"
+        " agent's own)",
     )
     parser.add_argument(
         "--node-name", default=env("NODE_NAME"), help="this node's name [env NODE_NAME]"
@@ -136,6 +156,7 @@ def open_devices(args: argparse.Namespace, stack: ExitStack) -> dict[str, GpuCon
 async def serve_connection(
     agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
+    peer = peer_of(writer.get_extra_info("socket"))
     try:
         while line := await reader.readline():
             try:
@@ -145,7 +166,7 @@ async def serve_connection(
             except ValueError as error:
                 answer = {"ok": False, "kind": "invalid", "error": f"unreadable request: {error}"}
             else:
-                answer = await agent.handle(request)
+                answer = await agent.handle(request, peer)
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
     except (ConnectionError, ValueError) as error:  # ValueError: a line over the limit
@@ -183,9 +204,16 @@ async def start_servers(agent: Agent, addresses: Sequence[str]) -> list[asyncio.
     return servers
 
 
+class _NoReviewer:
+    def review(self, token: str) -> dict[str, object]:
+        raise RuntimeError("no API server on a host without Kubernetes")
+
+
 async def run(args: argparse.Namespace) -> int:
     if not args.listen:
         raise StartupError("give --listen unix:///path or tcp://host:port")
+    if args.auth == "local":
+        return await run_local(args)
     if not args.node_name:
         raise StartupError("--node-name (or NODE_NAME) is required")
     if args.kubeconfig:
@@ -216,25 +244,54 @@ async def run(args: argparse.Namespace) -> int:
         )
         if not await asyncio.to_thread(pods.synced.wait, SYNC_TIMEOUT_S):
             raise StartupError(f"could not list the pods of node {args.node_name}")
-        reset = await agent.reconcile()
-        log.info("node %s: GPUs %s; reset at start: %s", args.node_name, sorted(devices),
-                 ", ".join(reset) or "none")  # fmt: skip
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        servers = await start_servers(agent, args.listen)
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), args.reconcile_interval)
-            except TimeoutError:
-                await agent.reconcile()
-        for server in servers:
-            server.close()
-        if args.reset_on_exit:
-            await agent.reset_all("the agent stopped")
-        log.info("stopped")
+        await serve(agent, args, f"node {args.node_name}")
     return 0
+
+
+async def run_local(args: argparse.Namespace) -> int:
+    if any(parse_address(address)[0] != "unix" for address in args.listen):
+        raise StartupError("--auth local serves Unix sockets only (the kernel names the caller)")
+    processes = LocalProcesses(args.allow_uid or [os.getuid()])
+    with ExitStack() as stack:
+        metrics = AgentMetrics()
+        if args.metrics_address:
+            host, _, port = args.metrics_address.rpartition(":")
+            start_http_server(int(port), host or "0.0.0.0", registry=metrics.registry)
+        agent = Agent(
+            node=args.node_name or "localhost",
+            audience=args.audience,
+            devices=open_devices(args, stack),
+            reviewer=_NoReviewer(),
+            pods=processes,
+            allocations=None,
+            ledger=Ledger.load(args.state_dir / "ledger.json"),
+            metrics=metrics,
+            local=processes,
+        )
+        await serve(agent, args, "this host")
+    return 0
+
+
+async def serve(agent: Agent, args: argparse.Namespace, where: str) -> None:
+    """Reconcile, serve until SIGTERM, reconciling every interval; then reset if asked."""
+    reset = await agent.reconcile()
+    log.info("%s: GPUs %s; reset at start: %s", where, sorted(agent.devices),
+             ", ".join(reset) or "none")  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    servers = await start_servers(agent, args.listen)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), args.reconcile_interval)
+        except TimeoutError:
+            await agent.reconcile()
+    for server in servers:
+        server.close()
+    if args.reset_on_exit:
+        await agent.reset_all("the agent stopped")
+    log.info("stopped")
 
 
 def configure_logging(level: str) -> None:

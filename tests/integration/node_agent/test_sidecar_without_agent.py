@@ -47,6 +47,7 @@ async def test_without_an_agent_the_batch_size_alone_is_controlled(
         tmp_path / "pod",
         ["--power-file", str(power_file), "--node-agent", agent],
         model=SimBatchSpec(max_batch_size=8, max_supported_batch_size=256),
+        local_agent=False,
     )
     pod.start()
     try:
