@@ -41,7 +41,12 @@ from capinfer_sidecar.gpu.agent import (
     OPS,
 )
 from capinfer_sidecar.gpu.base import GpuControls
-from capinfer_sidecar.gpu.errors import GpuError, GpuInvalidArgumentError, GpuLostError
+from capinfer_sidecar.gpu.errors import (
+    GpuError,
+    GpuInvalidArgumentError,
+    GpuLostError,
+    GpuRefusedError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +120,11 @@ class Agent:
             self.metrics.requests.labels(label, "invalid").inc()
             log.warning("invalid %s request: %s", label, error)
             return {"ok": False, "kind": KIND_INVALID, "error": str(error)}
+        except GpuRefusedError as error:
+            # The GPU or driver refuses (NOT_SUPPORTED...): the sidecar goes on without it.
+            self.metrics.requests.labels(label, "refused").inc()
+            log.warning("%s refused by the GPU: %s", label, error)
+            return {"ok": False, "kind": KIND_REFUSED, "error": str(error)}
         except GpuError as error:
             self.metrics.requests.labels(label, "error").inc()
             log.error("%s failed: %s", label, error)
@@ -251,8 +261,12 @@ class Agent:
             self.ledger.release(gpu)
             return
         try:
-            device.reset_sm_clock()
-            device.set_power_limit_watts(device.power_limit_range().default_watts)
+            if claim is None or claim.clock_mhz is not None:
+                device.reset_sm_clock()
+            if claim is None or claim.limit_watts is not None:
+                device.set_power_limit_watts(device.power_limit_range().default_watts)
+        except GpuRefusedError as error:
+            log.warning("%s: %s; nothing of it to reset", gpu, error)
         except GpuError as error:
             log.error("resetting %s failed (%s); trying again at the next reconcile", gpu, error)
             return
