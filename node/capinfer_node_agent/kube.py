@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 REVIEW_CACHE_S = 10.0
 """A token reviewed within this long is not reviewed again (the pod is checked each time)."""
+OUTAGE_GRACE_S = 600.0
+"""While the API server cannot be reached, a token it accepted this recently still counts
+(the sidecar's token lives 10 minutes): an outage of the control plane must not take the
+clocks from every pod. The pod is still checked against the last known pods of the node."""
 WATCH_TIMEOUT_S = 60
 RETRY_S = 2.0
 
@@ -46,9 +50,17 @@ class TokenReviewer:
         body = kube_client.V1TokenReview(
             spec=kube_client.V1TokenReviewSpec(token=token, audiences=[self._audience])
         )
-        review = self._api.create_token_review(body)
+        try:
+            review = self._api.create_token_review(body)
+        except Exception as error:
+            refused = isinstance(error, kube_client.ApiException) and (error.status or 0) < 500
+            usable = cached is not None and cached[1].get("authenticated")
+            if refused or not usable or cached is None or now - cached[0] >= OUTAGE_GRACE_S:
+                raise
+            log.warning("TokenReview failed (%s): using this token's last review", error)
+            return cached[1]
         status = self._sanitize(review.status) or {}
-        self._cache = {k: v for k, v in self._cache.items() if now - v[0] < REVIEW_CACHE_S}
+        self._cache = {k: v for k, v in self._cache.items() if now - v[0] < OUTAGE_GRACE_S}
         self._cache[key] = (now, status)
         return dict(status)
 

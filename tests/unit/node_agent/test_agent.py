@@ -10,8 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+from kubernetes import client as kube_client
+
 from capinfer_node_agent.agent import Agent
 from capinfer_node_agent.auth import POD_NAME_EXTRA, POD_UID_EXTRA, PodInfo
+from capinfer_node_agent.kube import OUTAGE_GRACE_S, REVIEW_CACHE_S, TokenReviewer
 from capinfer_node_agent.ledger import Ledger
 from capinfer_sidecar.gpu.base import GpuControls, PowerLimitRange
 from capinfer_sidecar.gpu.errors import GpuError, GpuLostError, GpuNotSupportedError
@@ -141,3 +145,40 @@ async def test_a_gone_pod_gets_back_exactly_what_was_set_and_nothing_else() -> N
         )
         == 2.0
     )
+
+
+class FlakyAuthApi:
+    """The API server answering, then unreachable, then refusing."""
+
+    def __init__(self) -> None:
+        self.mode = "up"
+
+    def create_token_review(self, body: Any) -> Any:
+        if self.mode == "down":
+            raise OSError("connection refused")
+        if self.mode == "forbidden":
+            raise kube_client.ApiException(status=403, reason="Forbidden")
+        return kube_client.V1TokenReview(
+            spec=kube_client.V1TokenReviewSpec(token="t"),
+            status=kube_client.V1TokenReviewStatus(authenticated=True, audiences=[AUDIENCE]),
+        )
+
+
+def test_a_control_plane_outage_does_not_take_reviewed_tokens_away() -> None:
+    now = [0.0]
+    reviewer = TokenReviewer(kube_client.ApiClient(), AUDIENCE, lambda: now[0])
+    api = FlakyAuthApi()
+    reviewer._api = api  # type: ignore[assignment]
+    assert reviewer.review("t")["authenticated"] is True
+    api.mode = "down"
+    now[0] = REVIEW_CACHE_S + 1  # due for a new review, and the API server is away
+    assert reviewer.review("t")["authenticated"] is True
+    with pytest.raises(OSError):
+        reviewer.review("never-seen")
+    api.mode = "forbidden"  # an answer, not an outage: no fallback
+    with pytest.raises(kube_client.ApiException):
+        reviewer.review("t")
+    api.mode = "down"
+    now[0] = OUTAGE_GRACE_S + 1
+    with pytest.raises(OSError):
+        reviewer.review("t")
