@@ -60,6 +60,21 @@ from capinfer_operator.status import (
 )
 
 SIDECAR_IMAGE_ENV = "CAPINFER_SIDECAR_IMAGE"
+NODE_AGENT_ENV = "CAPINFER_NODE_AGENT_ADDRESS"
+"""Where sidecars reach the node agent (the chart sets it when it installs the agent)."""
+
+
+def render_children(target: Target, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The children, with the operator's own settings (never the object's) for images and
+    the node agent."""
+    return build_children(
+        target,
+        spec,
+        os.environ.get(SIDECAR_IMAGE_ENV, ""),
+        node_agent=os.environ.get(NODE_AGENT_ENV, ""),
+    )
+
+
 RETRY_DELAY_S = 5
 HANDLER_THREADS = 16
 STATUS_THREADS = 4
@@ -312,7 +327,7 @@ def reconcile(
     existing = list(status.get("conditions", []))
     the_applier = applier(memo)
     try:
-        children = build_children(target, spec, os.environ.get(SIDECAR_IMAGE_ENV, ""))
+        children = render_children(target, spec)
     except SpecError as error:
         _refuse(
             memo,
@@ -403,7 +418,7 @@ def _restore_if_owned(the_applier: Applier, namespace: str, name: str, logger: k
     metadata = owner["metadata"]
     target = Target(name=metadata["name"], namespace=metadata["namespace"])
     try:
-        children = build_children(target, owner["spec"], os.environ.get(SIDECAR_IMAGE_ENV, ""))
+        children = render_children(target, owner["spec"])
         apply_children(the_applier, kopf.Body(owner), children)  # type: ignore[arg-type]
     except NamespaceGoingError as error:
         logger.debug("nothing to restore: %s", error)

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sidecar image for objects that name none [env CAPINFER_SIDECAR_IMAGE]",
     )
     parser.add_argument(
+        "--node-agent-address",
+        default=env(handlers.NODE_AGENT_ENV, ""),
+        help="where sidecars reach capinfer-node-agent (tcp://host:port or unix:///path);"
+        " empty: no agent, batch size alone [env CAPINFER_NODE_AGENT_ADDRESS]",
+    )
+    parser.add_argument(
         "--log-level",
         default=env("CAPINFER_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -92,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.sidecar_image:
         os.environ[handlers.SIDECAR_IMAGE_ENV] = args.sidecar_image
+    if args.node_agent_address:
+        os.environ[handlers.NODE_AGENT_ENV] = args.node_agent_address
     kopf.run(**kopf_options(args, os.environ))
     return 0
 

@@ -238,7 +238,8 @@ def aggregate_pods(
             "CapMet", True, "UnderCap", f"every pod under {cap_watts:g} W",
             generation=generation, now=now,
         )  # fmt: skip
-    refused = sorted(str(p["name"]) for p in pods if p.get("clockControl") is False)
+    refused_pods = [p for p in pods if p.get("clockControl") is False]
+    refused = sorted(str(p["name"]) for p in refused_pods)
     if not clock_control_wanted:
         clock = condition(
             "ClockControl", False, "Disabled", "spec.power.clockControl.enabled is false",
@@ -247,7 +248,8 @@ def aggregate_pods(
     elif refused:
         clock = condition(
             "ClockControl", False, "BatchSizeOnly",
-            f"clocks cannot be locked in {', '.join(refused)}: batch size only",
+            f"clocks cannot be locked, batch size only: "
+            f"{_pod_messages(refused_pods, 'clockControlMessage')}",
             generation=generation, now=now,
         )  # fmt: skip
     else:

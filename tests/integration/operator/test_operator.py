@@ -413,7 +413,9 @@ def test_specs_the_operator_cannot_honour_are_reported_not_retried(
     cluster: LocalCluster, namespace: str, restricted_operator: OperatorUnderTest
 ) -> None:
     conflicting = {**TRITON, "args": ["--model-control-mode=poll"]}
-    unmountable = {**TRITON, "modelRepository": {"volume": {"hostPath": {}}}}
+    # An NFS source without a server: the schema keeps volume sources open, the API server
+    # rejects the Deployment. (hostPath is refused by the schema itself.)
+    unmountable = {**TRITON, "modelRepository": {"volume": {"nfs": {}}}}
     apply(
         cluster,
         inference("conflict", namespace, replicas=0, triton=conflicting),
@@ -429,7 +431,7 @@ def test_specs_the_operator_cannot_honour_are_reported_not_retried(
     assert conflict["status"] == "False" and "spec.triton.args" in conflict["message"]
     assert get_json(cluster, "deploy", "conflict", "-n", namespace) is None
     unmountable_ready = condition(status_of(cluster, namespace, "unmountable"), "Ready")
-    assert "hostPath.path" in unmountable_ready["message"]
+    assert "nfs.server" in unmountable_ready["message"]
     for name, reason in [("conflict", "InvalidSpec"), ("unmountable", "ApplyRejected")]:
         wait_for(f"a {reason} event", lambda n=name, r=reason: r in event_reasons(
             cluster, namespace, n))  # fmt: skip
