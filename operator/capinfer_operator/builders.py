@@ -396,11 +396,18 @@ def build_role_binding(target: Target) -> Manifest:
 
 
 def build_children(target: Target, spec: Mapping[str, Any], default_image: str) -> list[Manifest]:
-    """Every child, in the order they should be applied (RBAC before the pods need it)."""
+    """Every child, in the order they are applied.
+
+    The ServiceAccount first: a pod naming an account that does not exist is refused. Then
+    the Deployment, as early as it can be. The sidecar's Role and RoleBinding follow (a
+    sidecar starting before them retries its watch), and the Service comes last: the API
+    server allocates ClusterIPs one at a time, so under a burst a Service is the slowest
+    child by far and must not hold back the pods.
+    """
     return [
         build_service_account(target),
+        build_deployment(target, spec, default_image),
         build_role(target),
         build_role_binding(target),
         build_service(target),
-        build_deployment(target, spec, default_image),
     ]

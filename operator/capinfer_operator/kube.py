@@ -13,7 +13,6 @@ from capinfer_operator.builders import (
     GROUP,
     KIND,
     PLURAL,
-    TEMPLATE_HASH_ANNOTATION,
     VERSION,
     Manifest,
 )
@@ -101,32 +100,11 @@ class Applier:
             raise
         return found
 
-    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The Deployment as the API serves it (camelCase keys), or None when absent."""
-        try:
-            response: Any = self._apps.read_namespaced_deployment(
-                name, namespace, _preload_content=False
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        found: dict[str, Any] = json.loads(response.data)
-        return found
-
 
 def _drain(response: Any) -> None:
     """Read an unparsed answer to its end: only then does its connection go back to the
     pool (an unread one is dropped, and the next request pays a new TLS handshake)."""
     response.read()
-
-
-def template_hash_of(deployment: dict[str, Any] | None) -> str | None:
-    if deployment is None:
-        return None
-    annotations = deployment.get("metadata", {}).get("annotations") or {}
-    found = annotations.get(TEMPLATE_HASH_ANNOTATION)
-    return str(found) if found is not None else None
 
 
 def is_transient(error: ApiException) -> bool:
