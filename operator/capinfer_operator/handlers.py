@@ -72,6 +72,10 @@ SIDECAR_IMAGE_ENV = "CAPINFER_SIDECAR_IMAGE"
 KOPF_DEFAULTS_ENV = "CAPINFER_KOPF_DEFAULTS"
 """Set to 1, the operator leaves kopf's and the client's tuning at their defaults: a
 benchmark baseline (bench/operator), never a way to run it."""
+PEERING_LIFETIME_ENV = "CAPINFER_PEERING_LIFETIME"
+PEERING_LIFETIME_S = 15
+"""How long a replica's keep-alive is valid (kopf's default is 60 s): the longest another
+replica waits to take over after the active one died without a word."""
 RETRY_DELAY_S = 5
 POOL_THREADS = {"pods": 16, "apply": 4, "service": 2, "status": 8}
 """Threads per pool (see the module's docstring)."""
@@ -128,6 +132,7 @@ def configure(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/operator"
+    settings.peering.lifetime = int(os.environ.get(PEERING_LIFETIME_ENV) or PEERING_LIFETIME_S)
     # Warnings and errors become Events; the Normal ones are posted on purpose below, not
     # one per handler run.
     settings.posting.level = logging.WARNING
@@ -165,7 +170,8 @@ def replica_book(memo: kopf.Memo) -> ReplicaBook:
 async def in_pool(
     memo: kopf.Memo, pool: str, call: Callable[..., Result], *args: Any, **kwargs: Any
 ) -> Result:
-    """Run a blocking call on one of the operator's thread pools, off the event loop.
+    """Run a blocking call on one of the operator's thread pools, off the event loop; a
+    transport error comes back as a :class:`kopf.TemporaryError`.
 
     In kopf's context (its settings, the handler's cause): kopf.event and kopf.adopt read
     them from context variables, which a plain executor does not carry over.
@@ -174,9 +180,16 @@ async def in_pool(
     if not isinstance(threads, ThreadPoolExecutor):
         raise kopf.TemporaryError(f"the {pool} pool is not configured yet", delay=1)
     context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(
-        threads, functools.partial(context.run, call, *args, **kwargs)
-    )
+    try:
+        return await asyncio.get_running_loop().run_in_executor(
+            threads, functools.partial(context.run, call, *args, **kwargs)
+        )
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        # The API server is out of reach (restarting, a network cut): a retry soon, not
+        # kopf's default backoff for an unknown error (a minute).
+        raise kopf.TemporaryError(
+            f"the API server is out of reach: {error}", delay=RETRY_DELAY_S
+        ) from error
 
 
 async def in_status_thread(memo: kopf.Memo, call: Callable[..., Result], *args: Any) -> Result:

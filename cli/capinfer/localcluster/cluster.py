@@ -273,6 +273,28 @@ class LocalCluster:
             shutil.rmtree(self.state_dir, ignore_errors=True)
         progress(f"cluster {self.name!r} is down")
 
+    def stop_apiserver(self) -> None:
+        """Stop only the kube-apiserver (SIGTERM, then SIGKILL after 10 s): etcd, the
+        controllers, kwok and the state stay; clients see the API server go away."""
+        if not self._records:
+            self._load_state()
+        stopping = [r for r in self._records if r.name == "kube-apiserver"]
+        stop_daemons(stopping, self._handles)
+        self._records = [r for r in self._records if r.name != "kube-apiserver"]
+        self._save_state()
+
+    def start_apiserver(self, timeout_s: float = 120.0) -> None:
+        """Start the kube-apiserver again, on the same port with the same certificates, and
+        wait until it is ready."""
+        if not self._records:
+            self._load_state()
+        if any(r.name == "kube-apiserver" and is_running(r) for r in self._records):
+            return
+        self._records = [r for r in self._records if r.name != "kube-apiserver"]
+        self._start("kube-apiserver", self._apiserver_argv(self.binaries, self.pki))
+        deadline = time.monotonic() + timeout_s
+        self._wait_https(f"{self.apiserver_url}/readyz", "kube-apiserver", deadline)
+
     # -- helpers for callers -----------------------------------------------------------
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
