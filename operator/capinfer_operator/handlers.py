@@ -13,7 +13,10 @@ kind of slow work cannot hold back another under a burst of objects:
 - ``status``: the writes that carry a Deployment's state or the sidecars' reports into the
   status, so a queue of new objects never holds back a Ready that is already true.
 
-A handler waiting for a thread is a coroutine, not a held thread. Deletion needs no
+The ``pods`` pool goes first: while any of its calls waits or runs, calls for the other
+pools wait before they are queued (:class:`PodsFirst`), so under a burst the API server
+spends itself on Deployments before anything else. A handler waiting for a thread is a
+coroutine, not a held thread. Deletion needs no
 handler: every child carries an owner reference, and the garbage collector removes them
 with the object.
 """
@@ -21,13 +24,14 @@ with the object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
@@ -126,6 +130,7 @@ def configure(
         for name, threads in POOL_THREADS.items()
     }
     memo["replica_book"] = ReplicaBook()
+    memo["pods_first"] = PodsFirst()
     # Progress and the last-handled spec go into annotations: status stays ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -167,6 +172,28 @@ def replica_book(memo: kopf.Memo) -> ReplicaBook:
     return found
 
 
+class PodsFirst:
+    """Calls for the ``pods`` pool in flight, and an event set while there are none.
+
+    Used on the event loop only."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+
+
 async def in_pool(
     memo: kopf.Memo, pool: str, call: Callable[..., Result], *args: Any, **kwargs: Any
 ) -> Result:
@@ -179,11 +206,20 @@ async def in_pool(
     threads = memo.get("pools", {}).get(pool)
     if not isinstance(threads, ThreadPoolExecutor):
         raise kopf.TemporaryError(f"the {pool} pool is not configured yet", delay=1)
+    first = memo.get("pods_first")
+    if isinstance(first, PodsFirst) and pool != "pods":
+        await first.idle.wait()
+    counting = (
+        first.counting()
+        if isinstance(first, PodsFirst) and pool == "pods"
+        else contextlib.nullcontext()
+    )
     context = contextvars.copy_context()
     try:
-        return await asyncio.get_running_loop().run_in_executor(
-            threads, functools.partial(context.run, call, *args, **kwargs)
-        )
+        with counting:
+            return await asyncio.get_running_loop().run_in_executor(
+                threads, functools.partial(context.run, call, *args, **kwargs)
+            )
     except (urllib3.exceptions.HTTPError, OSError) as error:
         # The API server is out of reach (restarting, a network cut): a retry soon, not
         # kopf's default backoff for an unknown error (a minute).
