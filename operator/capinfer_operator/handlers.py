@@ -513,7 +513,8 @@ def _restore_if_owned(the_applier: Applier, namespace: str, name: str, logger: k
     try:
         children = build_children(target, owner["spec"], os.environ.get(SIDECAR_IMAGE_ENV, ""))
         apply_children(the_applier, kopf.Body(owner), children)  # type: ignore[arg-type]
-    except NamespaceGoingError:
+    except NamespaceGoingError as error:
+        logger.debug("nothing to restore: %s", error)
         return
     except (SpecError, ChildRejectedError, kopf.TemporaryError) as error:
         logger.warning("could not recreate the children of %s: %s", target.name, error)
