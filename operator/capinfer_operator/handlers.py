@@ -81,7 +81,7 @@ PEERING_LIFETIME_S = 15
 """How long a replica's keep-alive is valid (kopf's default is 60 s): the longest another
 replica waits to take over after the active one died without a word."""
 RETRY_DELAY_S = 5
-POOL_THREADS = {"pods": 16, "apply": 4, "service": 2, "status": 8}
+POOL_THREADS = {"pods": 16, "apply": 8, "service": 8, "status": 8}
 """Threads per pool (see the module's docstring)."""
 POOL_OF_CHILD = {
     "ServiceAccount": "pods",
