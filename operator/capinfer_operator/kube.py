@@ -19,6 +19,10 @@ from capinfer_operator.builders import (
 
 FIELD_MANAGER = "capinfer-operator"
 APPLY = "application/apply-patch+yaml"
+REQUEST_TIMEOUT_S = (10, 70)
+"""Connect and read timeouts of every request. The API server answers or gives up within
+60 s; past that the connection is dead (a cut network), and a call that hung would hold
+back every call queued behind it."""
 JSON_PATCH = "application/json-patch+json"
 
 
@@ -57,6 +61,7 @@ class Applier:
             # Plain JSON: building the client's models from an answer costs more CPU than
             # the whole request.
             _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_S,
         )
         applied: dict[str, Any] = json.loads(response.data)
         return applied
@@ -76,7 +81,7 @@ class Applier:
         response = self._custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, body,
             field_manager=f"{FIELD_MANAGER}/{concern}", force=True, _content_type=APPLY,
-            _preload_content=False,
+            _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S,
         )  # fmt: skip
         _drain(response)
 
@@ -85,6 +90,7 @@ class Applier:
         response = self._custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, operations,
             field_manager=FIELD_MANAGER, _content_type=JSON_PATCH, _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_S,
         )  # fmt: skip
         _drain(response)
 
@@ -92,7 +98,7 @@ class Applier:
         """The PowerCappedInference, or None when it is gone."""
         try:
             found: dict[str, Any] = self._custom.get_namespaced_custom_object(  # type: ignore[assignment]
-                GROUP, VERSION, namespace, PLURAL, name
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S
             )
         except ApiException as error:
             if error.status == 404:
