@@ -45,7 +45,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
 
 from capinfer.localcluster.cluster import FakeGpuNode, LocalCluster
 
@@ -138,10 +140,19 @@ def follow(
     failures: list[BaseException],
     **list_kwargs: Any,
 ) -> None:
-    """Feed every watch event to ``on_event`` until stopped; a failure is kept, not lost."""
+    """Feed every watch event to ``on_event`` until stopped; a failure is kept, not lost.
+
+    A watch the API server ends (its resource version expired, the stream cut under load)
+    starts again from a fresh list: objects first seen then are marked late, never early."""
     try:
         while not stop.is_set():
-            watch_once(stream, on_event, stop, list_kwargs)
+            try:
+                watch_once(stream, on_event, stop, list_kwargs)
+            except ApiException as error:
+                if error.status not in (None, 410):
+                    raise
+            except urllib3.exceptions.ProtocolError:
+                pass
     except BaseException as error:
         failures.append(error)
         raise
