@@ -489,14 +489,21 @@ def build_role_binding(target: Target) -> Manifest:
 def build_children(
     target: Target, spec: Mapping[str, Any], default_image: str, node_agent: str = ""
 ) -> list[Manifest]:
-    """Every child, in the order they should be applied (RBAC before the pods need it).
+    """Every child, in the order they are applied.
+
+    The ServiceAccount first: a pod naming an account that does not exist is refused. Then
+    the Deployment, as early as it can be. The sidecar's Role and RoleBinding follow (a
+    sidecar starting before them retries its watch), and the Service comes last: the API
+    server allocates ClusterIPs one at a time, so under a burst a Service is the slowest
+    child by far and must not hold back the pods.
 
     ``node_agent`` is where sidecars reach the node agent (the operator's setting, never
-    the object's); empty: no agent, the sidecars control the batch size alone."""
+    the object's); empty: no agent, the sidecars control the batch size alone.
+    """
     return [
         build_service_account(target),
+        build_deployment(target, spec, default_image, node_agent),
         build_role(target),
         build_role_binding(target),
         build_service(target),
-        build_deployment(target, spec, default_image, node_agent),
     ]

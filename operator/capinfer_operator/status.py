@@ -46,16 +46,17 @@ def updated_conditions(
     return result
 
 
+def without_time(condition: Mapping[str, Any]) -> dict[str, Any]:
+    """A condition without its transition time: what tells two writes apart."""
+    return {k: v for k, v in condition.items() if k != "lastTransitionTime"}
+
+
 def conditions_already_set(
     updated: Sequence[Mapping[str, Any]], existing: Sequence[Mapping[str, Any]]
 ) -> bool:
     """Every updated condition is already there, transition time aside."""
-
-    def strip(cond: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in cond.items() if k != "lastTransitionTime"}
-
-    present = [strip(c) for c in existing]
-    return all(strip(c) in present for c in updated)
+    present = [without_time(c) for c in existing]
+    return all(without_time(c) in present for c in updated)
 
 
 # -- replicas ---------------------------------------------------------------------------------

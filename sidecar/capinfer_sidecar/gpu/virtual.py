@@ -21,8 +21,8 @@ Fault injection (tests only; the NVML device has no such path): a datagram
 that long, the error the NVML device raises for that NVML return code, built by the same
 function (the knobs are the node agent's, through the controls file, and stay untouched).
 ``<kind>`` is the code's name without ``NVML_ERROR_``, in lower case (``unknown``,
-``timeout``, ``gpu_is_lost``...); ``F clear 0`` ends a fault early. The device logs when a fault starts and, at the first call after it
-ended, how many errors it raised.
+``timeout``, ``gpu_is_lost``...); ``F clear 0`` ends a fault early. The device logs when a
+fault starts and, at the first call after it ended, how many errors it raised.
 """
 
 from __future__ import annotations

@@ -94,7 +94,9 @@ def test_create_deploys_children_that_become_ready(
     cluster: LocalCluster, namespace: str, restricted_operator: OperatorUnderTest
 ) -> None:
     apply(cluster, inference("resnet", namespace))
-    wait_for("the Deployment", lambda: get_json(cluster, "deploy", "resnet", "-n", namespace))
+    # The Service is applied last (ClusterIPs are allocated one at a time): once it is
+    # there, every child is.
+    wait_for("the Service", lambda: get_json(cluster, "service", "resnet", "-n", namespace))
     obj = get_json(cluster, "pci", "resnet", "-n", namespace)
     for kind, suffix in CHILDREN:
         found = get_json(cluster, kind, f"resnet{suffix}", "-n", namespace)

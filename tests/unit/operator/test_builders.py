@@ -196,9 +196,9 @@ def test_service_exposes_triton_and_the_sidecar_metrics() -> None:
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "sidecar-metrics": 9400}
 
 
-def test_children_come_rbac_first() -> None:
+def test_children_come_account_first_and_service_last() -> None:
     kinds = [c["kind"] for c in build_children(TARGET, SPEC, "i")]
-    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "Service", "Deployment"]
+    assert kinds == ["ServiceAccount", "Deployment", "Role", "RoleBinding", "Service"]
 
 
 @pytest.mark.parametrize(
