@@ -53,7 +53,7 @@ def roomy_node(cluster: LocalCluster) -> Iterator[None]:
 
 @pytest.fixture
 def alone(restricted_operator: OperatorUnderTest) -> Iterator[OperatorUnderTest]:
-    """The session's operator, stopped meanwhile when the test runs operators of its own (two
+    """The module's operator, stopped meanwhile when the test runs operators of its own (two
     operators that do not know each other would both handle every object)."""
     restricted_operator.stop()
     try:
