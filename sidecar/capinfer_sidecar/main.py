@@ -66,6 +66,7 @@ from capinfer_sidecar.settings import (
     InvalidPowerSpecError,
     PowerSpec,
     parse_power_spec,
+    policy_options,
     to_power_settings,
 )
 from capinfer_sidecar.sim.profiles import load_profile_set
@@ -302,10 +303,10 @@ def settings_for(
 
 
 def policy_for(spec: PowerSpec) -> Policy:
-    # BatchSizer's offline-profiling cutoff, and other per-policy options, come with
-    # measured profiles; the defaults serve every GPU.
+    # BatchSizer's offline-profiling cutoff comes with measured profiles; the defaults
+    # serve every GPU. Static takes its fixed pair from the spec.
     try:
-        return make_policy(spec.policy)
+        return make_policy(spec.policy, **policy_options(spec))
     except ValueError as error:
         raise InvalidPowerSpecError(f"spec.power.policy: {error}") from error
 
@@ -639,6 +640,7 @@ async def _start_control(
         initial_batch_size=initial_batch,
         monotonic=time.monotonic,
         sample_interval_s=spec.sample_interval_s,
+        latency_slo_ms=spec.p99_slo_ms,
     )
     follower = SpecFollower(
         control,

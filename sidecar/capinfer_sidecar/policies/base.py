@@ -81,6 +81,9 @@ class Observation:
     """A batch-size change was asked for and Triton has not finished loading it."""
     queue_depth: int | None = None
     """Requests waiting in Triton's queue, when known (tells saturated from light load)."""
+    p99_latency_ms: float | None = None
+    """The model's p99 request latency in Triton over its recent window (queue + compute),
+    when known; ``spec.latencySLO`` is held against it."""
     refused_batch_sizes: frozenset[int] = frozenset()
     """Batch sizes whose last load failed and that have not loaded since: the driver will
     not load them again for a while (backoff, quarantine), so waiting for one is in vain."""
