@@ -63,6 +63,7 @@ from capinfer_sidecar.metrics import SnapshotCollector, SupervisionCollector
 from capinfer_sidecar.policies import make_policy
 from capinfer_sidecar.policies.base import Policy, PowerSettings
 from capinfer_sidecar.settings import (
+    LATENCY_SLO_KEY,
     InvalidPowerSpecError,
     PowerSpec,
     parse_power_spec,
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--power-file",
         type=Path,
-        help="standalone: YAML with spec.power's fields (capWatts, policy, ...), re-read on change",
+        help="standalone: YAML with spec.power's fields (capWatts, policy, ..., and latencySLO),"
+        " re-read on change",
     )
     source.add_argument("--cap-watts", type=float, help="standalone: the cap per GPU, in watts")
     source.add_argument("--policy", help="standalone: policy name (default Adaptive)")
@@ -247,6 +249,8 @@ def read_power_file(path: Path) -> dict[str, Any]:
     power = document.get("power", document)
     if not isinstance(power, dict):
         raise InvalidPowerSpecError(f"{path}: 'power' must be a mapping")
+    if power is not document and LATENCY_SLO_KEY in document:
+        power = {**power, LATENCY_SLO_KEY: document[LATENCY_SLO_KEY]}  # a spec's two parts
     return power
 
 

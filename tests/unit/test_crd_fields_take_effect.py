@@ -26,12 +26,13 @@ from typing import Any
 import pytest
 import yaml
 
-from capinfer_operator.builders import Target, build_children
+from capinfer_operator.builders import TRITON_SUMMARY_LATENCIES_ARG, Target, build_children
 from capinfer_sidecar.follower import SpecFollower
 from capinfer_sidecar.kube import live_settings_of
 from capinfer_sidecar.loop import ControlLoop, LoopSnapshot, ServerCounters
 from capinfer_sidecar.main import policy_for
 from capinfer_sidecar.settings import PowerSpec, parse_power_spec, to_power_settings
+from capinfer_sidecar.triton import SUMMARY_LATENCIES_ARG
 
 CRD = Path(__file__).parents[2] / "crds" / "capinfer.io_powercappedinferences.yaml"
 SUPPORTED_MHZ = (600, 800, 1000, 1200, 1400)
@@ -276,3 +277,12 @@ def test_static_holds_the_declared_pair_not_the_top_of_the_ladders() -> None:
     last = sidecar_behaviour(BASE, pinned)[-1]
     requested_batch, batch, clock, policy = last[2], last[3], last[4], last[5]
     assert (requested_batch, batch, clock, policy) == (8, 8, 800, "Static")
+
+
+def test_triton_measures_the_p99_that_latency_slo_is_held_against() -> None:
+    (deployment,) = [c for c in rendered(BASE) if c["kind"] == "Deployment"]
+    (triton,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"
+    ]
+    assert TRITON_SUMMARY_LATENCIES_ARG == SUMMARY_LATENCIES_ARG
+    assert SUMMARY_LATENCIES_ARG in triton["args"]
