@@ -150,7 +150,7 @@ class ControlLoop:
         now = self.monotonic()
         self._last_good_power_s = now
         if self.latency_slo_ms is not None:
-            self._guard = LatencyGuard(self.latency_slo_ms)
+            self._guard = LatencyGuard(self.latency_slo_ms, started_s=now)
         self._decision = self.policy.start(self._policy_settings(), now)
         log.info("policy %s started: %s", self.policy.name, self._decision.reason)
 
@@ -185,7 +185,8 @@ class ControlLoop:
         log.info("latency SLO: p99 %s ms", f"{slo_ms:g}" if slo_ms is not None else "none")
         self.latency_slo_ms = slo_ms
         limited = self._guard is not None and self._guard.ceiling is not None
-        self._guard = LatencyGuard(slo_ms) if slo_ms is not None else None
+        now = self.monotonic()
+        self._guard = LatencyGuard(slo_ms, started_s=now) if slo_ms is not None else None
         if limited:
             self._ladder_changed()
 
@@ -211,6 +212,7 @@ class ControlLoop:
         changed = self._guard.observe(
             counters.p99_latency_ms,
             applied=self._applied,
+            queue_depth=counters.queue_depth,
             batch_sizes=self.settings.batch_sizes,
             clock_levels_mhz=self.settings.clock_levels_mhz,
             now_s=now,

@@ -171,7 +171,7 @@ async def _run_sidecar(
             (
                 round(snapshot.now_s, 4), snapshot.cap_watts, snapshot.requested_batch_size,
                 snapshot.batch_size, snapshot.sm_clock_mhz, snapshot.policy,
-                snapshot.latency_slo_ms, snapshot.slo_batch_ceiling, snapshot.reason,
+                snapshot.slo_batch_ceiling, snapshot.reason,
             )
         )  # fmt: skip
     return trajectory
@@ -180,8 +180,9 @@ async def _run_sidecar(
 def sidecar_behaviour(
     first: Mapping[str, Any], then: Mapping[str, Any] | None
 ) -> list[tuple[Any, ...]]:
-    """What the sidecar does after ``then`` reached it live (or with nothing new)."""
-    return asyncio.run(_run_sidecar(first, then, before=20, after=400))
+    """What the sidecar does after ``then`` reached it live (or with nothing new): 80 s, more
+    than the minute the latency SLO waits for Triton's p99 window to speak of it alone."""
+    return asyncio.run(_run_sidecar(first, then, before=20, after=800))
 
 
 # -- one entry per spec field -----------------------------------------------------------------

@@ -10,6 +10,13 @@ power the cap may not have. While the p99 is over the SLO and the guard has noth
 to do -- the policy holds the clock below its top to keep the cap (the cap wins), or the
 smallest batch size is in effect -- :attr:`LatencyGuard.unmet` says why.
 
+A smaller batch only helps while the GPU keeps up with the load: each batch then runs
+sooner and shorter. When requests pile up (more waiting than one batch takes), latency is
+queueing, and a smaller batch would serve fewer requests per second and make the queue
+grow: then the guard gives a rung back at once instead (a reload's time after its last
+move), does not go under
+it again until the load has eased (slack), and says the load is more than the SLO allows.
+
 Pure: no clock, no I/O. The driver hands it each p99 reading with the time.
 """
 
@@ -22,9 +29,13 @@ from capinfer_sidecar.policies.base import Knobs
 RELAX_BELOW = 0.7
 """The ladder grows back only while p99 stays under this fraction of the SLO (slack): a
 rung up adds a batch's worth of latency, so it must fit under the SLO."""
-TIGHTEN_EVERY_S = 10.0
-"""At most one rung down per this many seconds: the reload to a smaller batch takes seconds,
-and Triton's p99 is a sliding window (60 s in 2.51) that forgets the old size slowly."""
+TIGHTEN_EVERY_S = 60.0
+"""At most one rung down per this many seconds: Triton's p99 is a sliding window (60 s in
+2.51), so only after a whole window does it speak of the smaller batch alone; sooner, the
+guard would keep stepping down on the old size's latencies."""
+BACKLOG_RELAX_EVERY_S = 5.0
+"""Under a backlog a rung comes back this soon after the last move (a reload's time): a
+queue that grows is worse than any p99 the window shows."""
 RELAX_AFTER_S = 60.0
 """One rung up only after this long with slack: a whole window of Triton's p99."""
 
@@ -34,8 +45,12 @@ class LatencyGuard:
     """Caps the batch-size ladder so that p99 latency stays under ``slo_ms`` (cap first)."""
 
     slo_ms: float
+    started_s: float = -1e18
+    """When the SLO took effect: the first rung goes only a window later, since until then
+    Triton's p99 still holds what happened before (a start, a policy finding its feet)."""
     tighten_every_s: float = TIGHTEN_EVERY_S
     relax_after_s: float = RELAX_AFTER_S
+    backlog_relax_every_s: float = BACKLOG_RELAX_EVERY_S
     relax_below: float = RELAX_BELOW
     ceiling: int | None = None
     """The largest batch size the policy may use; None: the whole ladder."""
@@ -48,12 +63,15 @@ class LatencyGuard:
     """Why the SLO is missed and the guard cannot help without costing the cap; None when
     the SLO holds or the guard can still act."""
     _last_move_s: float = field(default=-1e18, init=False)
+    _floor: int | None = field(default=None, init=False)
+    """The smallest ceiling worth trying: under it, requests piled up (until slack)."""
     _slack_since_s: float | None = field(default=None, init=False)
     _over: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         if self.slo_ms <= 0:
             raise ValueError(f"slo_ms must be positive, got {self.slo_ms}")
+        self._last_move_s = self.started_s
 
     def ladder(self, batch_sizes: tuple[int, ...]) -> tuple[int, ...]:
         """The rungs a policy may use now: never empty (the smallest rung always stays)."""
@@ -67,6 +85,7 @@ class LatencyGuard:
         p99_ms: float | None,
         *,
         applied: Knobs,
+        queue_depth: int | None = None,
         batch_sizes: tuple[int, ...],
         clock_levels_mhz: tuple[int, ...],
         now_s: float,
@@ -85,7 +104,14 @@ class LatencyGuard:
                 self.misses += 1
         self._over = over
         before = self.ceiling
-        if over:
+        backlog = queue_depth is not None and queue_depth > applied.batch_size
+        if over and backlog:
+            self._slack_since_s = None
+            if now_s - self._last_move_s >= self.backlog_relax_every_s:
+                self._relax(batch_sizes, now_s)
+                above = [size for size in batch_sizes if size > applied.batch_size]
+                self._floor = above[0] if above else applied.batch_size
+        elif over:
             self._slack_since_s = None
             self._tighten(applied.batch_size, batch_sizes, now_s)
         elif p99_ms < self.relax_below * self.slo_ms:
@@ -93,16 +119,24 @@ class LatencyGuard:
                 self._slack_since_s = now_s
             if now_s - self._slack_since_s >= self.relax_after_s:
                 self._relax(batch_sizes, now_s)
+                self._floor = None
         else:
             self._slack_since_s = None
         self.unmet = self._why_unmet(over, applied, batch_sizes, clock_levels_mhz)
+        if over and backlog and self.unmet is None:
+            self.unmet = (
+                f"p99 {p99_ms:.1f} ms is over the SLO {self.slo_ms:g} ms with {queue_depth}"
+                " requests queued: the load is more than the SLO allows (a smaller batch would"
+                " serve fewer)"
+            )
         return self.ceiling != before
 
     def _tighten(self, applied_batch: int, batch_sizes: tuple[int, ...], now_s: float) -> None:
         if now_s - self._last_move_s < self.tighten_every_s:
             return
         top = min(applied_batch, self.ceiling if self.ceiling is not None else applied_batch)
-        lower = [size for size in batch_sizes if size < top]
+        floor = self._floor if self._floor is not None else 0
+        lower = [size for size in batch_sizes if floor <= size < top]
         if not lower:
             return
         self.ceiling = lower[-1]

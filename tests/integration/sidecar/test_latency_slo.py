@@ -5,7 +5,9 @@ Real: ``tritonserver`` 2.51 with its latency summaries (as the operator runs it)
 ``simbatch`` model under a closed-loop load, and the ``capinfer-sidecar`` process reading
 the p99 from Triton's metrics. Stand-in: the GPU (the virtual P40, fed by the batches Triton
 executes). The SLO (1 ms) is below the model's own sleep for any batch, so it is missed
-whatever the machine's speed; Static at batch 32 would never move on its own.
+whatever the machine's speed; Static at batch 32 would never move on its own. Two clients
+keep the queue shorter than a batch: latency is the batch's, not queueing (under a backlog
+the guard would not take batch sizes away, see the unit tests).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ pytestmark = pytest.mark.triton
 
 CAP_W = 240.0
 DEADLINE_S = 180.0
-"""Two steps down take about 20 s (one per 10 s); the rest is room for a busy machine."""
+"""The one step down is taken at the first reading over the SLO; the rest is room for a
+busy machine."""
 
 
 def sidecar_metrics(pod: LocalPod) -> dict[tuple[str, str], float]:
@@ -56,7 +59,7 @@ async def test_an_slo_nothing_can_meet_brings_the_batch_down_and_is_reported(
 ) -> None:
     power_file = tmp_path / "power.yaml"
     power_file.write_text(
-        f"power:\n  capWatts: {CAP_W:.0f}\n  policy: Static\n  batchSizes: [1, 8, 32]\n"
+        f"power:\n  capWatts: {CAP_W:.0f}\n  policy: Static\n  batchSizes: [1, 32]\n"
         "latencySLO:\n  p99Ms: 1\n"
     )
     pod = LocalPod(
@@ -68,7 +71,7 @@ async def test_an_slo_nothing_can_meet_brings_the_batch_down_and_is_reported(
     try:
         address = pod.triton.http_address if pod.triton else ""
         started = pod.scrape()
-        async with ClosedLoopLoad(address, "simbatch", concurrency=48) as load:
+        async with ClosedLoopLoad(address, "simbatch", concurrency=2) as load:
             deadline = time.monotonic() + DEADLINE_S
             metrics = sidecar_metrics(pod)
             while unmet_reason(metrics) is None and time.monotonic() < deadline:

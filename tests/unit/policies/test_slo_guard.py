@@ -13,11 +13,11 @@ CLOCKS = (600, 900, 1200)
 
 
 def feed(
-    guard: LatencyGuard, p99_ms: float | None, knobs: Knobs, now_s: float, ladder=LADDER
+    guard: LatencyGuard, p99_ms: float | None, knobs: Knobs, now_s: float, queued: int = 0
 ) -> bool:
     return guard.observe(
-        p99_ms, applied=knobs, batch_sizes=ladder, clock_levels_mhz=CLOCKS, now_s=now_s,
-        interval_s=1.0,
+        p99_ms, applied=knobs, queue_depth=queued, batch_sizes=LADDER, clock_levels_mhz=CLOCKS,
+        now_s=now_s, interval_s=1.0,
     )  # fmt: skip
 
 
@@ -76,3 +76,23 @@ def test_no_reading_changes_nothing_and_counts_no_miss() -> None:
 def test_the_slo_must_be_positive() -> None:
     with pytest.raises(ValueError, match="slo_ms"):
         LatencyGuard(slo_ms=0.0)
+
+
+def test_under_a_backlog_a_rung_comes_back_and_is_not_taken_again_until_slack() -> None:
+    guard = LatencyGuard(slo_ms=50.0, tighten_every_s=10.0, relax_after_s=30.0)
+    feed(guard, 80.0, Knobs(16, 1200), now_s=0.0)
+    assert guard.ceiling == 8
+    # At batch 8 the requests pile up: smaller batches serve fewer, the queue is the latency.
+    # A reload's time after the last move, not the tightening pace: a growing queue is worse.
+    assert not feed(guard, 90.0, Knobs(8, 1200), now_s=2.0, queued=40)
+    assert feed(guard, 90.0, Knobs(8, 1200), now_s=5.0, queued=40)
+    assert guard.ceiling is None, "the rung taken is given back"
+    assert guard.unmet is not None and "40 requests queued" in guard.unmet
+    # Over the SLO without a backlog again: 16 stays, as 8 was seen to pile requests up.
+    assert not feed(guard, 80.0, Knobs(16, 1200), now_s=20.0)
+    assert guard.ceiling is None or guard.ceiling >= 16
+    # Slack for long enough: the load eased, every rung may be tried again.
+    for second in range(21, 60):
+        feed(guard, 20.0, Knobs(16, 1200), now_s=float(second))
+    assert feed(guard, 80.0, Knobs(16, 1200), now_s=70.0)
+    assert guard.ceiling == 8

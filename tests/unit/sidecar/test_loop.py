@@ -358,6 +358,11 @@ async def test_a_p99_over_the_slo_shortens_the_ladder_the_policy_sees() -> None:
     assert policy.settings_seen[-1].batch_sizes == SETTINGS.batch_sizes, "no SLO: whole ladder"
     loop.set_latency_slo_ms(50.0)
     snapshot = await loop.sample_once()
+    assert snapshot.slo_misses == 1 and snapshot.slo_batch_ceiling is None, (
+        "Triton's window still holds the time before the SLO: no move yet"
+    )
+    time.now_s += 60.0
+    snapshot = await loop.sample_once()
     assert policy.settings_seen[-1].batch_sizes == (1, 4), "one rung below the batch in effect"
     assert policy.settings_seen[-1].clock_levels_mhz == SETTINGS.clock_levels_mhz
     assert snapshot.p99_latency_ms == 80.0 and snapshot.latency_slo_ms == 50.0
