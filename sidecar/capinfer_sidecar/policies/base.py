@@ -24,7 +24,8 @@ class PowerSettings:
     clock_levels_mhz: tuple[int, ...] = ()
     """Settable SM clocks, ascending; empty when clocks cannot (or must not) be set."""
     band: float = 0.8
-    """alpha: the policy aims for peak power inside ``[band * cap, cap]``."""
+    """alpha: BatchSizer, DVFS and BatchDVFS aim for peak power inside ``[band * cap, cap]``;
+    Adaptive has no floor (a new band restarts its planning) and Static ignores it."""
 
     def __post_init__(self) -> None:
         if self.cap_watts <= 0:
