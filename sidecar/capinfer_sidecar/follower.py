@@ -79,7 +79,13 @@ class SpecFollower:
         self.control.sample_interval_s = new.sample_interval_s
         self.control.update_settings(settings)
         if new != self.spec:
-            log.info("spec.power applied: cap %.0f W, policy %s", new.cap_watts, new.policy)
+            budget = (
+                f" (the budget's allocation; spec.power.capWatts {new.declared_cap_watts:.0f} W)"
+                if new.declared_cap_watts is not None
+                else ""
+            )
+            log.info("spec.power applied: cap %.0f W%s, policy %s", new.cap_watts, budget,
+                     new.policy)  # fmt: skip
         self.spec = new
         self.status.problem = None
         self._on_change()

@@ -530,7 +530,7 @@ async def run(args: argparse.Namespace) -> int:
                 kube_config.load_kube_config()  # type: ignore[no-untyped-call]
             api = kube_client.ApiClient()
             ref = ObjectRef(args.namespace, args.object)
-            watcher = PowerSpecWatch(api, ref)
+            watcher = PowerSpecWatch(api, ref, args.pod_name)
             stack.callback(watcher.stop)
             open_source, source_name = watcher.changes, "kube-watch"
             status_writer = StatusWriter(api, ref, args.pod_name)

@@ -16,6 +16,12 @@ DEFAULT_POLICY = "Adaptive"
 DEFAULT_BAND = 0.8
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_SAMPLE_INTERVAL_MS = 100
+ALLOCATION_KEY = "allocatedCapWatts"
+"""Carried next to ``spec.power``'s fields: the cap per GPU a PowerBudget gives this pod (its
+``status.pods[]`` entry). ``spec.power`` cannot hold a field of that name (the API server
+prunes fields its schema does not declare), so the two never clash."""
+PARKED_CAP_WATTS = 1.0
+"""The cap held for an allocation of 0 W (the budget parked the pod)."""
 
 
 class InvalidPowerSpecError(ValueError):
@@ -24,7 +30,11 @@ class InvalidPowerSpecError(ValueError):
 
 @dataclass(frozen=True)
 class PowerSpec:
-    """What the user declared, before it meets a real GPU."""
+    """What the user declared, before it meets a real GPU.
+
+    ``cap_watts`` is the cap in force: the lower of the declared cap and the budget's
+    allocation, when a PowerBudget governs the pod.
+    """
 
     cap_watts: float
     policy: str = DEFAULT_POLICY
@@ -34,6 +44,10 @@ class PowerSpec:
     min_clock_mhz: int | None = None
     max_clock_mhz: int | None = None
     sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_MS / 1000
+    declared_cap_watts: float | None = None
+    """``spec.power.capWatts`` when a budget's allocation is lower (None otherwise)."""
+    allocated_cap_watts: float | None = None
+    """The budget's allocation per GPU, when a PowerBudget governs the pod."""
 
     def with_cap(self, cap_watts: float) -> PowerSpec:
         return replace(self, cap_watts=cap_watts)
@@ -88,8 +102,21 @@ def parse_power_spec(power: Mapping[str, Any]) -> PowerSpec:
     policy = power.get("policy", DEFAULT_POLICY)
     if not isinstance(policy, str) or not policy:
         raise InvalidPowerSpecError(f"spec.power.policy: expected a policy name, got {policy!r}")
+    allocated = power.get(ALLOCATION_KEY)
+    if allocated is not None and (
+        isinstance(allocated, bool) or not isinstance(allocated, int | float) or allocated < 0
+    ):
+        raise InvalidPowerSpecError(
+            f"status.pods[].{ALLOCATION_KEY}: expected a number >= 0, got {allocated!r}"
+        )
+    if allocated is not None:
+        # 0: the budget parked this pod. No GPU holds 0 W: the lowest cap the policy knows
+        # keeps it on its lowest settings.
+        allocated = max(float(allocated), PARKED_CAP_WATTS)
     return PowerSpec(
-        cap_watts=cap_watts,
+        cap_watts=cap_watts if allocated is None else min(cap_watts, allocated),
+        declared_cap_watts=cap_watts if allocated is not None and allocated < cap_watts else None,
+        allocated_cap_watts=allocated,
         policy=policy,
         band=band,
         batch_sizes=sizes,
