@@ -9,8 +9,9 @@ server and hands plain dicts here; nothing in this module performs I/O. One pass
    pods another budget already governs;
 3. :func:`plan_budget` builds a :class:`~capinfer_core.BudgetMember` per pod (its curve from
    the sidecar's status entry), calls :func:`~capinfer_core.allocate` for the targets and
-   :func:`~capinfer_core.next_caps` for what may be published now without the budget being
-   exceeded in transit;
+   :func:`~capinfer_core.next_caps` (through a :class:`~capinfer_core.CapLedger`, which
+   remembers what was published and confirmed) for what may be published now without the
+   budget being exceeded in transit;
 4. :func:`allocation_entries` and :func:`budget_status` turn the plan into the status
    entries to apply on each PowerCappedInference and the PowerBudget's own status.
 
@@ -28,25 +29,27 @@ from typing import Any, Literal
 from capinfer_core import (
     Allocation,
     BudgetMember,
+    CapLedger,
     SplitPolicy,
     ThroughputCurve,
     allocate,
     counted_watts,
-    next_caps,
 )
 from capinfer_core.curve import CurveError
-from capinfer_operator.status import PARKED_CAP_WATTS, Condition, condition, updated_conditions
+from capinfer_operator.status import Condition, condition, updated_conditions
 
 OWNER_LABEL = "capinfer.io/inference"
 MANAGED_PODS = "app.kubernetes.io/managed-by=capinfer,app.kubernetes.io/component=inference"
 """The label selector of every pod capinfer runs Triton and a sidecar in."""
 ALLOCATION_FIELD = "allocatedCapWatts"
 BUDGET_FIELD = "budget"
+GENERATION_FIELD = "allocationGeneration"
+"""Numbers each cap a budget publishes to a pod (written with it)."""
+CONFIRMED_GENERATION_FIELD = "allocationGenerationInForce"
+"""The generation whose cap the pod's sidecar runs under (written by the sidecar)."""
 DEFAULT_MIN_WATTS_PER_GPU = 1.0
 """The floor when a budget names none: the lowest cap the API accepts. A budget that knows
 its GPUs sets minWattsPerGpu to the least a GPU does useful work at."""
-CONFIRM_TOLERANCE_W = 0.05
-"""Caps are written to 0.1 W; a sidecar's report is rounded to 0.1 W."""
 
 Kind = Literal["Rack", "Service"]
 
@@ -317,51 +320,95 @@ class BudgetPlan:
     """The targets."""
     publish: dict[str, float]
     """Per-GPU caps to write now (0: parked), on the way to the targets."""
+    generations: dict[str, int]
+    """The generation of each member's published cap (its sidecar echoes the one it runs)."""
     published_before: dict[str, float]
-    confirmed: dict[str, float]
-    """The cap each sidecar reports in force (its object's cap before it reported)."""
+    held: dict[str, float]
+    """The highest cap each member may be running under (:attr:`CapLedger.held`)."""
+    settled: set[str]
+    """Members whose sidecar confirmed the generation published to them now."""
     priorities: dict[str, int]
     problems: list[str]
     """Curves that could not be read (those members get the default share)."""
 
     def in_force(self, key: str) -> bool:
-        """The sidecar reports holding at most what is published to it now."""
-        published, confirmed = self.publish[key], self.confirmed[key]
-        if published <= 0:
-            return confirmed <= PARKED_CAP_WATTS + CONFIRM_TOLERANCE_W
-        return confirmed <= published + CONFIRM_TOLERANCE_W
+        return key in self.settled
 
 
-def plan_budget(budget: BudgetSpec, members: Sequence[MemberPod]) -> BudgetPlan:
-    """Targets by the budget's policy, and what the transit rule lets out now.
+def _generation(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    What a member was published: its allocation when this budget wrote one, else its
-    object's own cap (what it runs under without a budget). What it confirmed: the cap its
-    sidecar reports in force, else its object's cap (a sidecar never runs above that).
+
+def sync_ledger(budget: BudgetSpec, members: Sequence[MemberPod], ledger: CapLedger) -> None:
+    """Bring the ledger to the current members and their sidecars' confirmations.
+
+    A member new to the ledger (a new pod, or every pod after the operator started) starts
+    from its entry: its published cap is this budget's allocation there (its object's cap
+    when there is none), numbered on from the entry's generation; it is held at that
+    allocation only when its sidecar confirmed that very generation, else at the higher of
+    its object's cap and the cap its sidecar last reported (a sidecar never runs above its
+    object's cap, and the report may predate a later one).
     """
-    pairs = [budget_member(budget, m) for m in members]
-    allocation = allocate(budget.watts, [bm for bm, _ in pairs], budget.policy)
-    gpus = {m.key: m.gpus for m in members}
-    published_before: dict[str, float] = {}
-    confirmed: dict[str, float] = {}
+    present = {m.key for m in members}
+    for key in [k for k in ledger.gpus if k not in present]:
+        ledger.remove(key)
     for m in members:
         written = m.number(ALLOCATION_FIELD)
         ours = m.entry.get(BUDGET_FIELD) == budget.name and written is not None
-        published_before[m.key] = written if ours and written is not None else m.declared_cap_watts
-        reported = m.number("capWatts")
-        confirmed[m.key] = reported if reported is not None else m.declared_cap_watts
+        generation = _generation(m.entry.get(GENERATION_FIELD)) if ours else None
+        confirmed = _generation(m.entry.get(CONFIRMED_GENERATION_FIELD))
+        if m.key not in ledger.gpus:
+            reported = m.number("capWatts")
+            if ours and written is not None and generation is not None and confirmed == generation:
+                held = written
+            else:
+                held = max(m.declared_cap_watts, reported or 0.0)
+            ledger.add(m.key, m.gpus, held)
+            ledger.published[m.key] = written if ours and written is not None else held
+            ledger.generation[m.key] = generation or 0
+        elif ledger.gpus[m.key] != m.gpus:
+            # A pod's GPUs do not change; a new pod of the same name starts over.
+            ledger.remove(m.key)
+            ledger.add(m.key, m.gpus, m.declared_cap_watts)
+        if confirmed is not None:
+            ledger.confirm(m.key, confirmed)
+
+
+def plan_budget(
+    budget: BudgetSpec, members: Sequence[MemberPod], ledger: CapLedger | None = None
+) -> tuple[BudgetPlan, CapLedger]:
+    """Targets by the budget's policy, and what the transit rule lets out now.
+
+    ``ledger``: what this budget published and its sidecars confirmed so far (None: start
+    from the members' entries, :func:`sync_ledger`); it is brought up to date, stepped
+    towards the targets and returned with the plan.
+    """
+    pairs = [budget_member(budget, m) for m in members]
+    allocation = allocate(budget.watts, [bm for bm, _ in pairs], budget.policy)
+    if ledger is None:
+        ledger = CapLedger({}, {})
+    sync_ledger(budget, members, ledger)
+    published_before = dict(ledger.published)
     targets = {key: _floor_tenth(cap) for key, cap in allocation.caps_watts.items()}
-    publish = {
-        key: _floor_tenth(cap)
-        for key, cap in next_caps(targets, published_before, confirmed, budget.watts, gpus).items()
-    }
-    return BudgetPlan(
-        allocation=allocation,
-        publish=publish,
-        published_before=published_before,
-        confirmed=confirmed,
-        priorities={bm.key: bm.priority for bm, _ in pairs},
-        problems=[p for _, p in pairs if p is not None],
+    publish = {key: _floor_tenth(cap) for key, cap in ledger.step(targets, budget.watts).items()}
+    held = ledger.held
+    settled = {
+        m.key for m in members
+        if _generation(m.entry.get(CONFIRMED_GENERATION_FIELD)) == ledger.generation[m.key]
+        and held[m.key] <= ledger.published[m.key]
+    }  # fmt: skip
+    return (
+        BudgetPlan(
+            allocation=allocation,
+            publish=publish,
+            generations=dict(ledger.generation),
+            published_before=published_before,
+            held=held,
+            settled=settled,
+            priorities={bm.key: bm.priority for bm, _ in pairs},
+            problems=[p for _, p in pairs if p is not None],
+        ),
+        ledger,
     )
 
 
@@ -370,6 +417,7 @@ def allocation_entries(
     budget_name: str,
     members: Sequence[MemberPod],
     publish: Mapping[str, float],
+    generations: Mapping[str, int],
     inferences: Iterable[Mapping[str, Any]],
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Per object, the ``status.pods[]`` entries this budget applies (its own fields only),
@@ -382,7 +430,12 @@ def allocation_entries(
     wanted: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for m in members:
         wanted.setdefault((m.namespace, m.inference), []).append(
-            {"name": m.pod, ALLOCATION_FIELD: publish[m.key], BUDGET_FIELD: budget_name}
+            {
+                "name": m.pod,
+                ALLOCATION_FIELD: publish[m.key],
+                GENERATION_FIELD: generations[m.key],
+                BUDGET_FIELD: budget_name,
+            }
         )
     changes: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for inference in inferences:
@@ -390,7 +443,7 @@ def allocation_entries(
         key = (metadata["namespace"], metadata["name"])
         present = sorted(
             ({"name": e.get("name"), ALLOCATION_FIELD: e.get(ALLOCATION_FIELD),
-              BUDGET_FIELD: budget_name}
+              GENERATION_FIELD: e.get(GENERATION_FIELD), BUDGET_FIELD: budget_name}
              for e in inference.get("status", {}).get("pods") or []
              if e.get(BUDGET_FIELD) == budget_name),
             key=lambda e: str(e["name"]),
@@ -526,7 +579,7 @@ def _conditions(
         )  # fmt: skip
     else:
         gpus = {m.key: m.gpus for m in membership.members}
-        counted = counted_watts(plan.publish, plan.confirmed, gpus)
+        counted = counted_watts(plan.publish, plan.held, gpus)
         enforced = make(
             "Enforced",
             True,

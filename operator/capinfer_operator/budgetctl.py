@@ -40,6 +40,7 @@ import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from capinfer_core import CapLedger
 from capinfer_operator.budget import (
     MANAGED_PODS,
     BudgetPlan,
@@ -205,7 +206,9 @@ def write_allocations(
 
     Decreases and removals go first: an object whose write fails keeps its pods on their
     old caps, and the transit rule already counts them there."""
-    changes = allocation_entries(budget.name, membership.members, plan.publish, inferences)
+    changes = allocation_entries(
+        budget.name, membership.members, plan.publish, plan.generations, inferences
+    )
     problems: list[str] = []
 
     def lowers(item: tuple[tuple[str, str], list[dict[str, Any]]]) -> bool:
@@ -243,6 +246,8 @@ class BudgetState:
         self.written_s = 0.0
         self.targets: dict[str, float] = {}
         self.satisfiable: bool | None = None
+        self.ledger: CapLedger | None = None
+        """What was published and confirmed; rebuilt from the entries after a restart."""
 
 
 def _comparable(status: Mapping[str, Any]) -> list[Any]:
@@ -268,7 +273,9 @@ def enforce_once(
     due) and the plan. Raises :class:`ApiException` (or a transport error) to retry."""
     budget = parse_budget(name, spec)
     membership, inferences = select(api, budget)
-    plan = plan_budget(budget, membership.members) if membership.members else None
+    plan = None
+    if membership.members:
+        plan, state.ledger = plan_budget(budget, membership.members, state.ledger)
     if plan is None:
         problem = _clean_up(api, name, inferences)
     else:

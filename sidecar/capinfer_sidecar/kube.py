@@ -33,7 +33,7 @@ import urllib3.exceptions
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from capinfer_sidecar.settings import ALLOCATION_KEY
+from capinfer_sidecar.settings import ALLOCATION_KEY, GENERATION_KEY
 
 GROUP = "capinfer.io"
 VERSION = "v1alpha1"
@@ -86,13 +86,16 @@ def pod_status_patch(ref: ObjectRef, entry: Mapping[str, Any]) -> dict[str, Any]
 
 
 def power_version(obj: Mapping[str, Any], pod_name: str | None) -> dict[str, Any]:
-    """``spec.power``'s fields, plus this pod's budget allocation when its entry has one."""
+    """``spec.power``'s fields, plus this pod's budget allocation (and its generation) when
+    its entry has one."""
     version = dict(obj.get("spec", {}).get("power", {}))
     if pod_name is None:
         return version
     for entry in obj.get("status", {}).get("pods", []):
         if entry.get("name") == pod_name and entry.get(ALLOCATION_KEY) is not None:
             version[ALLOCATION_KEY] = entry[ALLOCATION_KEY]
+            if entry.get(GENERATION_KEY) is not None:
+                version[GENERATION_KEY] = entry[GENERATION_KEY]
     return version
 
 

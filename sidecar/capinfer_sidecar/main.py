@@ -458,6 +458,8 @@ class Sidecar:
     backstop: Backstop | None = None
     curve: Callable[[], dict[str, Any] | None] = lambda: None
     """The throughput-versus-cap curve measured so far, in its status form."""
+    allocation_generation: Callable[[], int | None] = lambda: None
+    """The generation of the budget allocation in force, if a budget governs the pod."""
 
     def on_spec_change(self) -> None:
         self.publish_now.set()
@@ -495,6 +497,7 @@ class Sidecar:
             power_limit_watts=backstop.enforced_watts,
             backstop_message=backstop.message,
             curve=self.curve() if latest is not None else None,
+            allocation_generation=self.allocation_generation() if latest is not None else None,
         )  # fmt: skip
 
 
@@ -576,6 +579,7 @@ async def run(args: argparse.Namespace) -> int:
             return found.to_status() if found is not None else None
 
         sidecar.curve = measured_curve
+        sidecar.allocation_generation = lambda: follower.spec.allocation_generation
 
         def on_snapshot(snapshot: LoopSnapshot) -> None:
             sidecar.collector.update(snapshot)

@@ -26,6 +26,7 @@ def pod_status_entry(
     power_limit_watts: float | None = None,
     backstop_message: str | None = None,
     curve: Mapping[str, Any] | None = None,
+    allocation_generation: int | None = None,
 ) -> dict[str, Any]:
     """The fields the CRD declares for a pod entry; absent values are left out, not null.
 
@@ -33,7 +34,9 @@ def pod_status_entry(
     and the problem are reported. ``failed_task`` names a supervised task that keeps
     failing; ``problem`` says what keeps the sidecar from following the declared spec (that
     task's error, or a spec it rejected). ``curve``: the throughput-versus-cap curve measured
-    so far (``ThroughputCurve.to_status()``), for the budget controller.
+    so far (``ThroughputCurve.to_status()``), for the budget controller;
+    ``allocation_generation``: the generation of the budget's allocation the cap in force
+    (``capWatts``) includes, which confirms it to the controller.
     """
     when = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     entry: dict[str, Any] = {"name": pod_name, "gpus": list(gpu_uuids), "lastUpdate": when}
@@ -70,6 +73,8 @@ def pod_status_entry(
         entry["backstopMessage"] = backstop_message
     if curve is not None:
         entry["curve"] = dict(curve)
+    if allocation_generation is not None:
+        entry["allocationGenerationInForce"] = allocation_generation
     if snapshot.quarantined_batch_sizes:
         entry["quarantinedBatchSizes"] = list(snapshot.quarantined_batch_sizes)
     return entry

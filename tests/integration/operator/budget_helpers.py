@@ -5,9 +5,10 @@ what a sidecar does with the sidecar's own code: they read the object, take the 
 as the sidecar's follower does (``power_version`` then ``parse_power_spec``: the lower of
 ``spec.power.capWatts`` and the pod's allocation), and write the pod's entry with the
 sidecar's ``StatusWriter`` (server-side apply, one field manager per pod), reporting that cap,
-a power under it and the object's throughput curve. A pod that is gone has its entry removed
-as a stopping sidecar removes it. What they do not do is control a GPU: the power they report
-is the cap times a fixed fraction, the curve a fixed one per object.
+the allocation's generation it includes, a power under it and the object's throughput curve.
+A pod that is gone has its entry removed as a stopping sidecar removes it. What they do not
+do is control a GPU: the power they report is the cap times a fixed fraction, the curve a
+fixed one per object.
 
 The transit checker watches the objects and holds the controller to the transit rule at
 every event: a pod's allocation may rise only while the watts counted (each member at the
@@ -105,8 +106,9 @@ class SidecarStandIns:
             if name not in self._writers:
                 ref = ObjectRef(self._namespace, owner)
                 self._writers[name] = (owner, StatusWriter(self._api_client, ref, name))
-            cap = parse_power_spec(power_version(objects[owner], name)).cap_watts
-            report = (cap, self._curves.get(owner))
+            spec = parse_power_spec(power_version(objects[owner], name))
+            cap = spec.cap_watts
+            report = (cap, self._curves.get(owner), spec.allocation_generation)
             last = self._written.get(name)
             if last is not None and last[0] == report and time.monotonic() - last[1] < REFRESH_S:
                 continue
@@ -120,6 +122,8 @@ class SidecarStandIns:
             }
             if report[1] is not None:
                 entry["curve"] = report[1]
+            if spec.allocation_generation is not None:
+                entry["allocationGenerationInForce"] = spec.allocation_generation
             if await self._writers[name][1].write(entry):
                 self._written[name] = (report, time.monotonic())
         for gone in set(self._writers) - alive:

@@ -113,11 +113,14 @@ async def test_a_patched_cap_reaches_the_running_sidecar_and_its_status_entry(
     assert refusals_in(log) == [], "the operator's Role was not enough"
 
 
-def apply_allocation(cluster: LocalCluster, namespace: str, name: str, watts: float | None) -> None:
+def apply_allocation(
+    cluster: LocalCluster, namespace: str, name: str, watts: float | None, generation: int = 1
+) -> None:
     """What the operator's budget controller writes: this pod's ``allocatedCapWatts`` by
     server-side apply under a budget's own field manager (None: the budget lets go)."""
     entries = [] if watts is None else [
-        {"name": POD_NAME, "allocatedCapWatts": watts, "budget": "test-budget"}
+        {"name": POD_NAME, "allocatedCapWatts": watts, "allocationGeneration": generation,
+         "budget": "test-budget"}
     ]  # fmt: skip
     api_client = kube_config.new_client_from_config(str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
     try:
@@ -178,8 +181,11 @@ async def test_a_budget_allocation_below_the_cap_is_the_cap_the_running_loop_obe
         reached_s = await wait_until("the allocation as the loop's cap",
                                      lambda: pod.scrape().cap_watts == 120)  # fmt: skip
         print(f"an allocation reached the control loop {reached_s * 1000:.0f} ms later")
-        # The entry reports the cap in force: what the budget controller takes as confirmed.
+        # The entry reports the cap in force and the allocation's generation it includes:
+        # what the budget controller takes as confirmed.
         await wait_until("the entry to confirm 120 W", lambda: entry_cap() == 120, timeout_s=15)
+        confirmed = pod_entry(cluster, namespace, "budgeted") or {}
+        assert confirmed.get("allocationGenerationInForce") == 1
         # A person's lower cap wins; a higher one never lifts the pod above its allocation.
         patch_cap(100)
         await wait_until("the person's lower cap", lambda: pod.scrape().cap_watts == 100)

@@ -119,29 +119,53 @@ def test_the_targets_never_exceed_the_budget_and_follow_the_curves() -> None:
     budget = parse_budget("svc", {"watts": 400, "selector": {}})
     members = [member("a", capWatts=300, curve=CURVE), member("b", capWatts=300, curve=CURVE),
                member("c", capWatts=300)]  # fmt: skip
-    plan = plan_budget(budget, members)
+    plan, _ = plan_budget(budget, members)
     assert math.fsum(plan.allocation.caps_watts.values()) <= 400
-    # Everyone confirmed 300 W, more than any target: the decreases go out at once.
+    # Everyone runs at 300 W, more than any target: the decreases go out at once.
     assert plan.publish == {k: math.floor(v * 10) / 10 for k, v in
                             plan.allocation.caps_watts.items()}  # fmt: skip
     assert sum(plan.publish.values()) <= 400
 
 
+def ran(name: str, cap: float, generation: int, **entry: Any) -> MemberPod:
+    """A pod whose sidecar runs under the allocation of ``generation``."""
+    return member(name, capWatts=cap, allocatedCapWatts=cap, allocationGeneration=generation,
+                  allocationGenerationInForce=generation, budget="svc", **entry)  # fmt: skip
+
+
 def test_an_increase_waits_for_the_decreases_to_be_confirmed() -> None:
-    # a was published 100 and holds it; b was published 300 and still runs at 300. The new
-    # targets (Equal) are 200 each: a may only rise as far as b's old 300 leaves room.
+    # a runs under 100 W and b under 300 W, both confirmed. The new targets (Equal) are 200
+    # each: b goes down at once, a may rise only once b confirms.
     budget = parse_budget("svc", {"watts": 400, "selector": {}, "policy": "Equal"})
-    members = [
-        member("a", capWatts=100, allocatedCapWatts=100, budget="svc"),
-        member("b", capWatts=300, allocatedCapWatts=300, budget="svc"),
-    ]
-    plan = plan_budget(budget, members)
+    plan, ledger = plan_budget(budget, [ran("a", 100, 4), ran("b", 300, 7)])
     assert plan.allocation.caps_watts == {"ml/a": 200, "ml/b": 200}
-    assert plan.publish["ml/b"] == 200  # down at once
-    assert plan.publish["ml/a"] == 100  # 100 + 300 counted already: no room yet
-    confirmed = [member("a", capWatts=100, allocatedCapWatts=100, budget="svc"),
-                 member("b", capWatts=200, allocatedCapWatts=200, budget="svc")]  # fmt: skip
-    assert plan_budget(budget, confirmed).publish == {"ml/a": 200, "ml/b": 200}
+    assert plan.publish == {"ml/a": 100, "ml/b": 200}  # 100 + 300 counted: no room yet
+    assert plan.generations == {"ml/a": 4, "ml/b": 8}  # numbered on from the entries
+    assert plan.settled == {"ml/a"}
+    # b's sidecar has not reported yet: nothing changes.
+    plan, ledger = plan_budget(budget, [ran("a", 100, 4), ran("b", 300, 7)], ledger)
+    assert plan.publish == {"ml/a": 100, "ml/b": 200}
+    # b runs under generation 8: a rises.
+    plan, ledger = plan_budget(budget, [ran("a", 100, 4), ran("b", 200, 8)], ledger)
+    assert plan.publish == {"ml/a": 200, "ml/b": 200} and plan.generations["ml/a"] == 5
+
+
+def test_a_cap_raised_then_lowered_counts_high_until_its_sidecar_confirms() -> None:
+    # a was raised to 200 W (generation 2) and lowered back to 100 W (generation 3) before its
+    # sidecar reported: it may be running under 200 W. Its report "100 W, generation 1" is
+    # older than both, so the 100 W it frees is not given to b until generation 3 is confirmed.
+    budget = parse_budget("svc", {"watts": 400, "selector": {}, "policy": "Equal"})
+    plan, ledger = plan_budget(budget, [ran("a", 100, 1), ran("b", 100, 1)])
+    assert plan.publish == {"ml/a": 200, "ml/b": 200}  # room for both: up together
+    stale_a = member("a", capWatts=100, allocatedCapWatts=200, allocationGeneration=2,
+                     allocationGenerationInForce=1, budget="svc")  # fmt: skip
+    lower = parse_budget("svc", {"watts": 300, "selector": {}, "policy": "Equal",
+                                 "members": [{"namespace": "ml", "name": "svc"}]})  # fmt: skip
+    # The budget falls to 300 W: a and b both go to 150 W at once.
+    plan, ledger = plan_budget(lower, [stale_a, ran("b", 200, 2)], ledger)
+    assert plan.publish == {"ml/a": 150, "ml/b": 150}
+    assert plan.held["ml/a"] == 200  # generation 2 is not confirmed: a may run under 200 W
+    assert plan.settled == set()
 
 
 def test_minimums_that_do_not_fit_park_the_lowest_priority() -> None:
@@ -150,7 +174,7 @@ def test_minimums_that_do_not_fit_park_the_lowest_priority() -> None:
         "members": [{"namespace": "ml", "name": "svc", "priority": 1}],
     })  # fmt: skip
     members = [member("a"), member("b"), member("c")]
-    plan = plan_budget(budget, members)
+    plan, _ = plan_budget(budget, members)
     assert not plan.allocation.satisfiable and plan.allocation.cut_members == ("ml/c",)
     assert plan.publish["ml/c"] == 0
     membership = member_pods(budget, [], [])
@@ -172,12 +196,17 @@ def test_entries_change_only_where_needed_and_leave_pods_that_are_gone() -> None
             {"name": "gone", "allocatedCapWatts": 150.0, "budget": "b1"},
         ]),
         inference("old", 300, [{"name": "x", "allocatedCapWatts": 100.0, "budget": "b1"}]),
-        inference("same", 300, [{"name": "s", "allocatedCapWatts": 90.0, "budget": "b1"}]),
+        inference("same", 300, [{"name": "s", "allocatedCapWatts": 90.0,
+                                 "allocationGeneration": 1, "budget": "b1"}]),
     ]  # fmt: skip
     members = [member("a"), MemberPod("ml", "s", "same", 1, 300, {})]
-    changes = allocation_entries("b1", members, {"ml/a": 150.0, "ml/s": 90.0}, objects)
+    changes = allocation_entries(
+        "b1", members, {"ml/a": 150.0, "ml/s": 90.0}, {"ml/a": 3, "ml/s": 1}, objects
+    )
     assert changes == {
-        ("ml", "svc"): [{"name": "a", "allocatedCapWatts": 150.0, "budget": "b1"}],
+        ("ml", "svc"): [
+            {"name": "a", "allocatedCapWatts": 150.0, "allocationGeneration": 3, "budget": "b1"}
+        ],
         ("ml", "old"): [],
     }
     assert removal_entries("b1", objects) == [("ml", "svc"), ("ml", "old"), ("ml", "same")]

@@ -80,6 +80,10 @@ def test_a_budget_allocation_below_the_declared_cap_is_the_cap_in_force() -> Non
     # An allocation can never raise the cap a person declared.
     above = parse_power_spec({"capWatts": 180, "allocatedCapWatts": 250})
     assert (above.cap_watts, above.declared_cap_watts) == (180, None)
+    numbered = parse_power_spec(
+        {"capWatts": 180, "allocatedCapWatts": 120, "allocationGeneration": 4}
+    )
+    assert numbered.allocation_generation == 4
     # 0: parked by the budget; held as the lowest cap there is.
     assert parse_power_spec({"capWatts": 180, "allocatedCapWatts": 0}).cap_watts == 1.0
 

@@ -218,9 +218,13 @@ def test_the_watch_carries_this_pods_budget_allocation_with_spec_power() -> None
         "spec": {"power": {"capWatts": 180}},
         "status": {"pods": [
             {"name": "other", "allocatedCapWatts": 50},
-            {"name": "me", "allocatedCapWatts": 120, "budget": "rack-a"},
+            {"name": "me", "allocatedCapWatts": 120, "allocationGeneration": 3, "budget": "r"},
         ]},
     }  # fmt: skip
-    assert kube.power_version(found, "me") == {"capWatts": 180, "allocatedCapWatts": 120}
+    assert kube.power_version(found, "me") == {
+        "capWatts": 180,
+        "allocatedCapWatts": 120,
+        "allocationGeneration": 3,
+    }
     assert kube.power_version(found, "third") == {"capWatts": 180}
     assert kube.power_version(found, None) == {"capWatts": 180}
