@@ -47,6 +47,9 @@ GENERATION_FIELD = "allocationGeneration"
 """Numbers each cap a budget publishes to a pod (written with it)."""
 CONFIRMED_GENERATION_FIELD = "allocationGenerationInForce"
 """The generation whose cap the pod's sidecar runs under (written by the sidecar)."""
+OVER_BUDGET_FACTOR = 1.05
+"""Measured power above the budget by more than this (the sidecars report sampled peaks)
+says the caps are not holding."""
 DEFAULT_MIN_WATTS_PER_GPU = 1.0
 """The floor when a budget names none: the lowest cap the API accepts. A budget that knows
 its GPUs sets minWattsPerGpu to the least a GPU does useful work at."""
@@ -467,6 +470,14 @@ def removal_entries(
     ]
 
 
+def _measured_watts(membership: Membership) -> float:
+    gpus = {m.key: m.gpus for m in membership.members}
+    measured = {
+        m.key: power for m in membership.members if (power := m.number("powerWatts")) is not None
+    }
+    return _sum_watts(measured, gpus)
+
+
 def _sum_watts(values: Mapping[str, float], gpus: Mapping[str, int]) -> float:
     return round(math.fsum(values[key] * gpus[key] for key in values), 1)
 
@@ -576,6 +587,18 @@ def _conditions(
             "Enforced", False, "InTransit",
             f"waiting for sidecars to confirm their new cap: {waiting};"
             f" {len(moving)} members still on the way to their target",
+        )  # fmt: skip
+    elif (measured := _measured_watts(membership)) > budget.watts * OVER_BUDGET_FACTOR:
+        over = sorted(
+            m.key for m in membership.members
+            if (power := m.number("powerWatts")) is not None
+            and power > plan.publish[m.key] * OVER_BUDGET_FACTOR
+        )  # fmt: skip
+        enforced = make(
+            "Enforced", False, "OverBudget",
+            f"every member holds its allocation, yet they draw {measured:.1f} W of"
+            f" {budget.watts:g} W; over their caps: {', '.join(over) or 'none'} - a GPU cannot"
+            " go below its floor: set minWattsPerGpu to it (the budget then parks members)",
         )  # fmt: skip
     else:
         gpus = {m.key: m.gpus for m in membership.members}

@@ -210,3 +210,25 @@ def test_entries_change_only_where_needed_and_leave_pods_that_are_gone() -> None
         ("ml", "old"): [],
     }
     assert removal_entries("b1", objects) == [("ml", "svc"), ("ml", "old"), ("ml", "same")]
+
+
+def test_caps_in_force_that_do_not_hold_the_power_are_not_enforcement() -> None:
+    # Both sidecars confirmed 100 W, yet each draws 130 W (a GPU cannot go below its floor).
+    budget = parse_budget("svc", {"watts": 200, "selector": {}, "policy": "Equal"})
+    members = [ran("a", 100, 1, powerWatts=130.0), ran("b", 100, 1, powerWatts=130.0)]
+    plan, _ = plan_budget(budget, members)
+    assert plan.settled == {"ml/a", "ml/b"}
+    membership = member_pods(budget, [], [])
+    membership.members.extend(members)
+    status = budget_status(budget, generation=1, membership=membership, plan=plan,
+                           existing_conditions=[], now="t")  # fmt: skip
+    enforced = {c["type"]: c for c in status["conditions"]}["Enforced"]
+    assert (enforced["status"], enforced["reason"]) == ("False", "OverBudget")
+    assert "minWattsPerGpu" in enforced["message"]
+    held = [ran("a", 100, 1, powerWatts=98.0), ran("b", 100, 1, powerWatts=99.0)]
+    membership = member_pods(budget, [], [])
+    membership.members.extend(held)
+    status = budget_status(budget, generation=1, membership=membership, plan=plan,
+                           existing_conditions=[], now="t")  # fmt: skip
+    enforced = {c["type"]: c for c in status["conditions"]}["Enforced"]
+    assert (enforced["status"], enforced["reason"]) == ("True", "AllocationsInForce")
