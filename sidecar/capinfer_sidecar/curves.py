@@ -4,8 +4,10 @@ The budget controller splits a PowerBudget where a watt buys the most throughput
 sidecar publishes, in its status entry, the curve of its own GPUs
 (:class:`capinfer_core.ThroughputCurve`). It is built from what the control loop observed:
 for each setting the policy ran (batch size, SM clock), the peak power it drew and the
-throughput it served, once the setting had settled (the throughput figure spans two
-seconds, so the first samples after a change still mix in the previous setting).
+throughput it served: the policy's own measurements when it keeps them
+(``Policy.measured_settings()``, Adaptive's plant table), else the loop's samples once the
+setting had settled (the throughput figure spans two seconds, so the first samples after a
+change still mix in the previous setting).
 :func:`capinfer_core.curve_from_measurements` keeps the upper envelope: under a cap, the
 best setting whose peak fits.
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from statistics import fmean
 
 from capinfer_core import ThroughputCurve, curve_from_measurements
@@ -79,6 +81,14 @@ class CurveRecorder:
                 return max(p for p, _ in samples)
         return declared_cap_watts
 
-    def curve(self, declared_cap_watts: float) -> ThroughputCurve | None:
-        """The curve so far; None before any setting has been measured."""
-        return curve_from_measurements(self.points(), self.uncapped_watts(declared_cap_watts))
+    def curve(
+        self, declared_cap_watts: float, measured: Sequence[tuple[float, float]] = ()
+    ) -> ThroughputCurve | None:
+        """The curve so far; None before any setting has been measured.
+
+        ``measured``: the policy's own ``(peak watts, inferences/s)`` per setting
+        (``Policy.measured_settings()``), used when it has any: it tracks each setting's
+        peak and throughput itself; these samples stand in for policies that keep none.
+        """
+        points = list(measured) or self.points()
+        return curve_from_measurements(points, self.uncapped_watts(declared_cap_watts))

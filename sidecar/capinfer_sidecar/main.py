@@ -575,7 +575,7 @@ async def run(args: argparse.Namespace) -> int:
 
         def measured_curve() -> dict[str, Any] | None:
             declared = follower.spec.declared_cap_watts or follower.spec.cap_watts
-            found = recorder.curve(declared)
+            found = recorder.curve(declared, control.policy.measured_settings())
             return found.to_status() if found is not None else None
 
         sidecar.curve = measured_curve

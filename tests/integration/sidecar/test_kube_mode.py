@@ -22,6 +22,7 @@ from capinfer.localcluster.cluster import LocalCluster
 from capinfer.localpod import LocalPod
 from capinfer.testmodels import SimBatchSpec
 from capinfer.tritonload import ClosedLoopLoad
+from capinfer_core import ThroughputCurve
 from capinfer_operator.builders import (
     Target,
     build_role,
@@ -186,6 +187,14 @@ async def test_a_budget_allocation_below_the_cap_is_the_cap_the_running_loop_obe
         await wait_until("the entry to confirm 120 W", lambda: entry_cap() == 120, timeout_s=15)
         confirmed = pod_entry(cluster, namespace, "budgeted") or {}
         assert confirmed.get("allocationGenerationInForce") == 1
+        # The sidecar publishes what a watt buys it, for the budget controller (no load runs
+        # here: the throughput it measured is what it served, none).
+        await wait_until("a throughput curve in the entry", lambda: "curve" in (
+            pod_entry(cluster, namespace, "budgeted") or {}), timeout_s=60)  # fmt: skip
+        curve = ThroughputCurve.from_status(
+            (pod_entry(cluster, namespace, "budgeted") or {})["curve"]
+        )
+        assert curve.cap_watts[0] > 0 and curve.uncapped_watts >= curve.cap_watts[-1]
         # A person's lower cap wins; a higher one never lifts the pod above its allocation.
         patch_cap(100)
         await wait_until("the person's lower cap", lambda: pod.scrape().cap_watts == 100)

@@ -55,3 +55,14 @@ def test_the_status_entry_carries_the_curve_in_its_status_form() -> None:
     entry = pod_status_entry("pod-a", ["GPU-1"], SNAPSHOT, curve=curve.to_status())
     assert ThroughputCurve.from_status(entry["curve"]) == curve
     assert "curve" not in pod_status_entry("pod-a", ["GPU-1"], SNAPSHOT)
+
+
+def test_the_policys_own_measurements_win_over_the_loops_samples() -> None:
+    recorder = CurveRecorder(lambda batch, clock: False)
+    run(recorder, 0, 8, 1200, power=120, ips=400)
+    measured = [(110.0, 420.0), (190.0, 950.0), (200.0, 600.0)]  # hotter, no faster: dropped
+    curve = recorder.curve(300, measured)
+    assert curve is not None
+    assert curve.cap_watts == (110, 190) and curve.inferences_per_second == (420, 950)
+    fallback = recorder.curve(300, [])
+    assert fallback is not None and fallback.cap_watts == (120,)
