@@ -45,6 +45,7 @@ from capinfer.localcluster.cluster import LocalCluster  # noqa: E402
 
 RUN = REPO / "image" / "run.sh"
 CRD = REPO / "crds" / "capinfer.io_powercappedinferences.yaml"
+BUDGET_CRD = REPO / "crds" / "capinfer.io_powerbudgets.yaml"
 CHART = REPO / "helm" / "capinfer"
 CLUSTER_NAME = "image-check"
 IMAGE_UID = 65532
@@ -199,10 +200,11 @@ def check_operator(image: str, folder: Path, log_path: Path) -> None:
     system_ns, app_ns = f"capinfer-system-{suffix}", f"image-check-{suffix}"
     operator: subprocess.Popen[str] | None = None
     try:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        for crd in (CRD, BUDGET_CRD):
+            cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
         cluster.kubectl(
-            "wait", "--for=condition=Established",
-            "crd/powercappedinferences.capinfer.io", "--timeout=60s",
+            "wait", "--for=condition=Established", "crd/powercappedinferences.capinfer.io",
+            "crd/powerbudgets.capinfer.io", "--timeout=60s",
         )  # fmt: skip
         cluster.kubectl("create", "namespace", system_ns)
         cluster.kubectl("create", "namespace", app_ns)

@@ -40,15 +40,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 CRD = Path(__file__).parents[1] / "crds" / "capinfer.io_powercappedinferences.yaml"
+BUDGET_CRD = Path(__file__).parents[1] / "crds" / "capinfer.io_powerbudgets.yaml"
 
 
 @pytest.fixture(scope="session")
 def crd_installed(cluster: LocalCluster) -> None:
-    """The PowerCappedInference CRD, applied from ``crds/`` and Established."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    """capinfer's CRDs (PowerCappedInference, PowerBudget), applied from ``crds/`` and
+    Established."""
+    for path in (CRD, BUDGET_CRD):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     cluster.kubectl(
-        "wait", "--for=condition=Established",
-        "crd/powercappedinferences.capinfer.io", "--timeout=60s",
+        "wait", "--for=condition=Established", "crd/powercappedinferences.capinfer.io",
+        "crd/powerbudgets.capinfer.io", "--timeout=60s",
     )  # fmt: skip
 
 

@@ -38,6 +38,7 @@ from capinfer.tritonload import ClosedLoopLoad, LoadCounts
 from capinfer_sidecar.gpu.virtual import VIRTUAL_UUID, read_controls
 
 CRD_FILE = "capinfer.io_powercappedinferences.yaml"
+BUDGET_CRD_FILE = "capinfer.io_powerbudgets.yaml"
 NAMESPACE = "capinfer-demo"
 OBJECT = "resnet-demo"
 MODEL = "simbatch"
@@ -160,9 +161,12 @@ class Demo:
             self.say("starting the local cluster (first run builds Kubernetes from source)")
             self.cluster.up(lambda message: self.say(f"  {message}"))
             self._stack.callback(self.cluster.down)
-        self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(find_crd()))
+        budget_crd = find_in_repository(f"crds/{BUDGET_CRD_FILE}")
+        for crd in (find_crd(), budget_crd):
+            self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
         self.cluster.kubectl("wait", "--for=condition=Established",
-                             "crd/powercappedinferences.capinfer.io", "--timeout=60s")  # fmt: skip
+                             "crd/powercappedinferences.capinfer.io",
+                             "crd/powerbudgets.capinfer.io", "--timeout=60s")  # fmt: skip
         self.cluster.kubectl("create", "namespace", NAMESPACE, check=False)
 
     @property

@@ -97,8 +97,11 @@ def render_children(target: Target, spec: Mapping[str, Any]) -> list[dict[str, A
     )
 
 
+BUDGET_TRIGGERS = "budget_triggers"
+"""In the memo: an event per PowerBudget daemon (``budgetctl``), set to make it run a pass."""
+
 RETRY_DELAY_S = 5
-POOL_THREADS = {"pods": 16, "apply": 8, "service": 8, "status": 8}
+POOL_THREADS = {"pods": 16, "apply": 8, "service": 8, "status": 8, "budget": 2}
 """Threads per pool (see the module's docstring)."""
 POOL_OF_CHILD = {
     "ServiceAccount": "pods",
@@ -141,7 +144,8 @@ def configure(
         # One kept-alive connection per thread that calls the API: one dropped from a full
         # pool costs a new TLS handshake, which dominated the operator's CPU under a burst.
         configuration.connection_pool_maxsize = sum(POOL_THREADS.values())
-    memo["applier"] = Applier(client.ApiClient(configuration))
+    memo["api_client"] = client.ApiClient(configuration)
+    memo["applier"] = Applier(memo["api_client"])
     memo["pools"] = {
         name: ThreadPoolExecutor(threads, thread_name_prefix=name)
         for name, threads in POOL_THREADS.items()
@@ -607,6 +611,9 @@ async def sidecar_reports(
     """The sidecars wrote their entries: keep totals and CapMet/ClockControl current."""
     if namespace is None:
         return
+    # A report may confirm a cap or bring a curve; an object may have come or gone.
+    for trigger in memo.get(BUDGET_TRIGGERS, {}).values():
+        trigger.set()
     written: dict[ObjectKey, float] = memo.setdefault("numbers_written_s", {})
     # What was last written per object, transition times aside: an event that comes before
     # our own write's event still shows the old status, and must not bring the same write.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import random
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="capinfer-operator",
         description=(
             "Deploys NVIDIA Triton pods with a capinfer sidecar for every PowerCappedInference"
-            " and reports their power, batch size and readiness in its status."
+            " and reports their power, batch size and readiness in its status. Watching every"
+            " namespace, it also splits each PowerBudget's watts across the GPUs it governs."
         ),
     )
     scope = parser.add_mutually_exclusive_group()
@@ -136,7 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ[handlers.PEERING_LIFETIME_ENV] = str(args.peering_lifetime)
     if args.node_agent_address:
         os.environ[handlers.NODE_AGENT_ENV] = args.node_agent_address
-    kopf.run(**kopf_options(args, os.environ))
+    options = kopf_options(args, os.environ)
+    if options["clusterwide"]:
+        # PowerBudgets are cluster-scoped and govern pods in any namespace: their handlers
+        # register only when the operator watches every namespace.
+        importlib.import_module("capinfer_operator.budgetctl")
+    kopf.run(**options)
     return 0
 
 

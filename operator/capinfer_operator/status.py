@@ -13,6 +13,9 @@ STALE_REPORT_S = 60.0
 """A pod entry not refreshed for this long belongs to a pod that is gone (sidecars write
 every few seconds and remove their entry when they stop; a killed pod cannot)."""
 
+PARKED_CAP_WATTS = 1.0
+"""What a sidecar parked by its budget (an allocation of 0 W) reports holding."""
+
 NUMBERS_REFRESH_S = 2.0
 """Least time between two writes of the aggregate numbers of one object: the sidecars
 write every few seconds each, and every write of ours wakes every watcher again."""
@@ -191,17 +194,24 @@ def aggregate_pods(
         fields["batchSize"] = min(batches)
     if clocks:
         fields["smClockMHz"] = min(clocks)
+    caps_of = {str(p["name"]): pod_cap_watts(p, cap_watts) for p in pods}
+    budgeted = sorted(
+        (p for p in pods if p.get("allocatedCapWatts") is not None), key=lambda p: str(p["name"])
+    )
     # A pod counts as over the cap only once its sidecar holds the current cap: a sidecar
     # still on an old, higher cap is catching up, not failing.
     behind = sorted(
-        str(p["name"]) for p in pods if float(p.get("capWatts", cap_watts)) != cap_watts
+        str(p["name"])
+        for p in pods
+        if float(p.get("capWatts", caps_of[str(p["name"])])) != caps_of[str(p["name"])]
     )
     over = sorted(
         str(p["name"])
         for p in pods
         if "powerWatts" in p and str(p["name"]) not in behind
-        and float(p["powerWatts"]) > cap_watts
+        and float(p["powerWatts"]) > caps_of[str(p["name"])]
     )  # fmt: skip
+    cap_words = "their caps" if budgeted else f"{cap_watts:g} W"
     # What a sidecar says about itself: a task that keeps failing (the cap may not be
     # followed), a spec it could not apply (it follows the last good one), safe settings.
     failing = [p for p in pods if p.get("failedTask")]
@@ -209,7 +219,7 @@ def aggregate_pods(
     degraded = [p for p in pods if p.get("message")]
     if over:
         cap_met = condition(
-            "CapMet", False, "OverCap", f"over {cap_watts:g} W: {', '.join(over)}",
+            "CapMet", False, "OverCap", f"over {cap_words}: {', '.join(over)}",
             generation=generation, now=now,
         )  # fmt: skip
     elif failing:
@@ -231,12 +241,12 @@ def aggregate_pods(
     elif behind:
         cap_met = condition(
             "CapMet", None, "CapChanging",
-            f"{', '.join(behind)} not yet on the {cap_watts:g} W cap",
+            f"{', '.join(behind)} not yet on {cap_words}",
             generation=generation, now=now,
         )  # fmt: skip
     else:
         cap_met = condition(
-            "CapMet", True, "UnderCap", f"every pod under {cap_watts:g} W",
+            "CapMet", True, "UnderCap", f"every pod under {cap_words}",
             generation=generation, now=now,
         )  # fmt: skip
     refused_pods = [p for p in pods if p.get("clockControl") is False]
@@ -257,7 +267,38 @@ def aggregate_pods(
         clock = condition(
             "ClockControl", True, "Available", "clocks lockable", generation=generation, now=now
         )
-    return fields, [cap_met, clock]
+    if not budgeted:
+        # No Budgeted condition: server-side apply removes one written before.
+        return fields, [cap_met, clock]
+    return fields, [cap_met, clock, budgeted_condition(budgeted, cap_watts, generation, now)]
+
+
+def pod_cap_watts(pod: Mapping[str, Any], cap_watts: float) -> float:
+    """The cap a pod's sidecar must hold: spec.power.capWatts, or its budget's allocation
+    when lower (an allocation of 0 - parked - is held as the lowest settings, reported as
+    PARKED_CAP_WATTS)."""
+    allocated = pod.get("allocatedCapWatts")
+    if allocated is None:
+        return cap_watts
+    return min(cap_watts, max(float(allocated), PARKED_CAP_WATTS))
+
+
+def budgeted_condition(
+    budgeted: Sequence[Mapping[str, Any]], cap_watts: float, generation: int, now: str
+) -> Condition:
+    """Which budget limits which pods, and to what."""
+    budgets = sorted({str(p.get("budget") or "?") for p in budgeted})
+    limited = [p for p in budgeted if float(p["allocatedCapWatts"]) < cap_watts]
+    shares = ", ".join(f"{p['name']} {float(p['allocatedCapWatts']):g} W" for p in limited)
+    if limited:
+        reason = "LimitedByBudget"
+        message = (f"PowerBudget {', '.join(budgets)} holds {shares}"
+                   f" (spec.power.capWatts {cap_watts:g} W)")  # fmt: skip
+    else:
+        reason = "WithinBudget"
+        message = (f"PowerBudget {', '.join(budgets)} governs {len(budgeted)} pods; each may"
+                   f" use its {cap_watts:g} W cap")  # fmt: skip
+    return condition("Budgeted", True, reason, message, generation=generation, now=now)
 
 
 CAP_WINS_MARK = "the cap wins"

@@ -88,7 +88,13 @@ class SpecFollower:
         self.control.set_latency_slo_ms(new.p99_slo_ms)
         self.control.update_settings(settings)
         if new != self.spec:
-            log.info("spec.power applied: cap %.0f W, policy %s", new.cap_watts, new.policy)
+            budget = (
+                f" (the budget's allocation; spec.power.capWatts {new.declared_cap_watts:.0f} W)"
+                if new.declared_cap_watts is not None
+                else ""
+            )
+            log.info("spec.power applied: cap %.0f W%s, policy %s", new.cap_watts, budget,
+                     new.policy)  # fmt: skip
         self.spec = new
         self.status.problem = None
         self._on_change()

@@ -1,5 +1,9 @@
 """The sidecar's view of its own PowerCappedInference: watch ``spec.power``, write its status.
 
+With the pod's name, the watch also carries the cap a PowerBudget allocated to this pod
+(``allocatedCapWatts`` in the pod's ``status.pods[]`` entry, written by the operator's budget
+controller) next to ``spec.power``'s fields: the follower holds the lower of the two.
+
 The official client is synchronous; its watch runs in a worker thread and hands each
 new ``spec.power`` to the event loop, so a patched cap reaches the policy within one
 watch event (milliseconds), not a polling period. The sidecar's Role allows exactly
@@ -29,7 +33,7 @@ import urllib3.exceptions
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from capinfer_sidecar.settings import LATENCY_SLO_KEY
+from capinfer_sidecar.settings import ALLOCATION_KEY, GENERATION_KEY, LATENCY_SLO_KEY
 
 GROUP = "capinfer.io"
 VERSION = "v1alpha1"
@@ -81,6 +85,20 @@ def pod_status_patch(ref: ObjectRef, entry: Mapping[str, Any]) -> dict[str, Any]
     }
 
 
+def power_version(obj: Mapping[str, Any], pod_name: str | None) -> dict[str, Any]:
+    """The live settings (:func:`live_settings_of`), plus this pod's budget allocation (and
+    its generation) when its entry has one."""
+    version = live_settings_of(obj)
+    if pod_name is None:
+        return version
+    for entry in obj.get("status", {}).get("pods", []):
+        if entry.get("name") == pod_name and entry.get(ALLOCATION_KEY) is not None:
+            version[ALLOCATION_KEY] = entry[ALLOCATION_KEY]
+            if entry.get(GENERATION_KEY) is not None:
+                version[GENERATION_KEY] = entry[GENERATION_KEY]
+    return version
+
+
 def describe_error(error: BaseException) -> str:
     """One line for the log: an API answer's status, or the transport failure's type and text."""
     if isinstance(error, ApiException):
@@ -120,15 +138,19 @@ def live_settings_of(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class PowerSpecWatch:
-    """Yields ``spec.power`` of one object each time it changes (and once at start).
+    """Yields ``spec.power`` of one object each time it changes (and once at start); with
+    ``pod_name``, with that pod's budget allocation (:func:`power_version`).
 
     Each call of :meth:`changes` runs its own worker thread, so a supervisor can call it
     again after the iteration broke.
     """
 
-    def __init__(self, api_client: client.ApiClient, ref: ObjectRef) -> None:
+    def __init__(
+        self, api_client: client.ApiClient, ref: ObjectRef, pod_name: str | None = None
+    ) -> None:
         self._api = client.CustomObjectsApi(api_client)
         self._ref = ref
+        self._pod_name = pod_name
         self._stop = threading.Event()
 
     def _read(self) -> dict[str, Any]:
@@ -157,7 +179,7 @@ class PowerSpecWatch:
         """
         obj = self._read()
         read_worked()
-        push(live_settings_of(obj))
+        push(power_version(obj, self._pod_name))
         since: dict[str, Any] = (
             {"resource_version": obj["metadata"]["resourceVersion"]} if from_read else {}
         )
@@ -177,7 +199,7 @@ class PowerSpecWatch:
                 stream.stop()  # type: ignore[no-untyped-call]
                 return
             if event["type"] in ("ADDED", "MODIFIED"):
-                push(live_settings_of(event["object"]))
+                push(power_version(event["object"], self._pod_name))
 
     def _pump(
         self,

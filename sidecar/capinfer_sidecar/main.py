@@ -46,6 +46,7 @@ from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 from prometheus_client import CollectorRegistry
 
+from capinfer_sidecar.curves import CurveRecorder
 from capinfer_sidecar.follower import PowerVersion, SpecFollower, SpecStatus
 from capinfer_sidecar.gpu.agent import NodeAgentClient, PowerLimitResult
 from capinfer_sidecar.gpu.errors import GpuError
@@ -460,6 +461,10 @@ class Sidecar:
     spec_changed: asyncio.Event = field(default_factory=asyncio.Event)
     clock_message: Callable[[], str | None] = lambda: None
     backstop: Backstop | None = None
+    curve: Callable[[], dict[str, Any] | None] = lambda: None
+    """The throughput-versus-cap curve measured so far, in its status form."""
+    allocation_generation: Callable[[], int | None] = lambda: None
+    """The generation of the budget allocation in force, if a budget governs the pod."""
 
     def on_spec_change(self) -> None:
         self.publish_now.set()
@@ -496,6 +501,8 @@ class Sidecar:
             clock_message=self.clock_message(),
             power_limit_watts=backstop.enforced_watts,
             backstop_message=backstop.message,
+            curve=self.curve() if latest is not None else None,
+            allocation_generation=self.allocation_generation() if latest is not None else None,
         )  # fmt: skip
 
 
@@ -535,7 +542,7 @@ async def run(args: argparse.Namespace) -> int:
                 kube_config.load_kube_config()  # type: ignore[no-untyped-call]
             api = kube_client.ApiClient()
             ref = ObjectRef(args.namespace, args.object)
-            watcher = PowerSpecWatch(api, ref)
+            watcher = PowerSpecWatch(api, ref, args.pod_name)
             stack.callback(watcher.stop)
             open_source, source_name = watcher.changes, "kube-watch"
             status_writer = StatusWriter(api, ref, args.pod_name)
@@ -562,9 +569,27 @@ async def run(args: argparse.Namespace) -> int:
 
         latest: list[LoopSnapshot] = []
 
+        def is_top(batch_size: int, sm_clock_mhz: int | None) -> bool:
+            settings = control.settings
+            clocks = settings.clock_levels_mhz
+            return batch_size >= settings.batch_sizes[-1] and (
+                not clocks or sm_clock_mhz is None or sm_clock_mhz >= clocks[-1]
+            )
+
+        recorder = CurveRecorder(is_top)
+
+        def measured_curve() -> dict[str, Any] | None:
+            declared = follower.spec.declared_cap_watts or follower.spec.cap_watts
+            found = recorder.curve(declared, control.policy.measured_settings())
+            return found.to_status() if found is not None else None
+
+        sidecar.curve = measured_curve
+        sidecar.allocation_generation = lambda: follower.spec.allocation_generation
+
         def on_snapshot(snapshot: LoopSnapshot) -> None:
             sidecar.collector.update(snapshot)
             sidecar.health.sampled(snapshot.degraded)
+            recorder.observe(snapshot)
             latest[:] = [snapshot]
 
         control.on_snapshot = on_snapshot

@@ -18,6 +18,15 @@ DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_SAMPLE_INTERVAL_MS = 100
 LATENCY_SLO_KEY = "latencySLO"
 """``spec.latencySLO`` travels with ``spec.power`` under this key: both are live settings."""
+ALLOCATION_KEY = "allocatedCapWatts"
+"""Carried next to ``spec.power``'s fields: the cap per GPU a PowerBudget gives this pod (its
+``status.pods[]`` entry). ``spec.power`` cannot hold a field of that name (the API server
+prunes fields its schema does not declare), so the two never clash."""
+GENERATION_KEY = "allocationGeneration"
+"""Carried with the allocation: its number, which the sidecar echoes once it runs under it
+(``allocationGenerationInForce``), so the budget controller knows which cap is confirmed."""
+PARKED_CAP_WATTS = 1.0
+"""The cap held for an allocation of 0 W (the budget parked the pod)."""
 
 
 class InvalidPowerSpecError(ValueError):
@@ -26,7 +35,11 @@ class InvalidPowerSpecError(ValueError):
 
 @dataclass(frozen=True)
 class PowerSpec:
-    """What the user declared, before it meets a real GPU."""
+    """What the user declared, before it meets a real GPU.
+
+    ``cap_watts`` is the cap in force: the lower of the declared cap and the budget's
+    allocation, when a PowerBudget governs the pod.
+    """
 
     cap_watts: float
     policy: str = DEFAULT_POLICY
@@ -42,6 +55,12 @@ class PowerSpec:
     """``staticClockMHz``: Static's fixed SM clock (None: the highest it may lock)."""
     p99_slo_ms: float | None = None
     """``spec.latencySLO.p99Ms``: the p99 latency to keep beside the cap (None: none)."""
+    declared_cap_watts: float | None = None
+    """``spec.power.capWatts`` when a budget's allocation is lower (None otherwise)."""
+    allocated_cap_watts: float | None = None
+    """The budget's allocation per GPU, when a PowerBudget governs the pod."""
+    allocation_generation: int | None = None
+    """The number the budget gave that allocation."""
 
     def with_cap(self, cap_watts: float) -> PowerSpec:
         return replace(self, cap_watts=cap_watts)
@@ -109,8 +128,29 @@ def parse_power_spec(power: Mapping[str, Any]) -> PowerSpec:
         raise InvalidPowerSpecError(
             f"spec.power.staticClockMHz: {static_clock} lies outside clockControl.minMHz..maxMHz"
         )
+    allocated = power.get(ALLOCATION_KEY)
+    if allocated is not None and (
+        isinstance(allocated, bool) or not isinstance(allocated, int | float) or allocated < 0
+    ):
+        raise InvalidPowerSpecError(
+            f"status.pods[].{ALLOCATION_KEY}: expected a number >= 0, got {allocated!r}"
+        )
+    generation = power.get(GENERATION_KEY)
+    if generation is not None and (
+        isinstance(generation, bool) or not isinstance(generation, int) or generation < 0
+    ):
+        raise InvalidPowerSpecError(
+            f"status.pods[].{GENERATION_KEY}: expected an integer >= 0, got {generation!r}"
+        )
+    if allocated is not None:
+        # 0: the budget parked this pod. No GPU holds 0 W: the lowest cap the policy knows
+        # keeps it on its lowest settings.
+        allocated = max(float(allocated), PARKED_CAP_WATTS)
     return PowerSpec(
-        cap_watts=cap_watts,
+        cap_watts=cap_watts if allocated is None else min(cap_watts, allocated),
+        declared_cap_watts=cap_watts if allocated is not None and allocated < cap_watts else None,
+        allocated_cap_watts=allocated,
+        allocation_generation=generation if allocated is not None else None,
         policy=policy,
         band=band,
         batch_sizes=sizes,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,13 +25,18 @@ def pod_status_entry(
     clock_message: str | None = None,
     power_limit_watts: float | None = None,
     backstop_message: str | None = None,
+    curve: Mapping[str, Any] | None = None,
+    allocation_generation: int | None = None,
 ) -> dict[str, Any]:
     """The fields the CRD declares for a pod entry; absent values are left out, not null.
 
     Without a snapshot (the control loop never sampled) only the name, the GPUs, the time
     and the problem are reported. ``failed_task`` names a supervised task that keeps
     failing; ``problem`` says what keeps the sidecar from following the declared spec (that
-    task's error, or a spec it rejected).
+    task's error, or a spec it rejected). ``curve``: the throughput-versus-cap curve measured
+    so far (``ThroughputCurve.to_status()``), for the budget controller;
+    ``allocation_generation``: the generation of the budget's allocation the cap in force
+    (``capWatts``) includes, which confirms it to the controller.
     """
     when = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     entry: dict[str, Any] = {"name": pod_name, "gpus": list(gpu_uuids), "lastUpdate": when}
@@ -76,6 +81,10 @@ def pod_status_entry(
         entry["sloBatchCeiling"] = snapshot.slo_batch_ceiling
     if snapshot.slo_unmet is not None:
         entry["sloMessage"] = snapshot.slo_unmet
+    if curve is not None:
+        entry["curve"] = dict(curve)
+    if allocation_generation is not None:
+        entry["allocationGenerationInForce"] = allocation_generation
     if snapshot.quarantined_batch_sizes:
         entry["quarantinedBatchSizes"] = list(snapshot.quarantined_batch_sizes)
     return entry

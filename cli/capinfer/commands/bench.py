@@ -25,6 +25,14 @@ from capinfer.bench import (
 )
 from capinfer.benchplots import write_figures
 from capinfer.errors import UserError
+from capinfer.fleetbench import (
+    fleet_results,
+    parse_split_list,
+    render_fleet_markdown,
+    run_fleet_bench,
+)
+from capinfer_core.budget import SplitPolicy
+from capinfer_sidecar.sim.fleet import is_fleet_workload, load_fleet_workload
 from capinfer_sidecar.sim.workloads import load_workload
 from capinfer_sidecar.sim.yamlread import SpecError
 
@@ -59,6 +67,14 @@ class ProgressBar:
 
 def _bench(args: argparse.Namespace) -> int:
     try:
+        fleet = is_fleet_workload(args.workload)
+    except SpecError as error:
+        raise UserError(str(error)) from None
+    if fleet:
+        return _fleet_bench(args)
+    if args.policies is None:
+        args.policies = ",".join(DEFAULT_POLICIES)
+    try:
         workload = load_workload(args.workload)
         policies = parse_policy_list(args.policies)
         names = [n.strip() for n in args.jobs.split(",") if n.strip()] if args.jobs else []
@@ -82,6 +98,49 @@ def _bench(args: argparse.Namespace) -> int:
     if failed:
         print(f"capinfer: {failed} run(s) failed; see the report", file=sys.stderr)
         return 1
+    return 0
+
+
+def _fleet_bench(args: argparse.Namespace) -> int:
+    if args.jobs:
+        raise UserError("--jobs: a fleet runs all its members together")
+    if args.policies is None:
+        args.policies = ",".join(s.value for s in SplitPolicy)
+    try:
+        fleet = load_fleet_workload(args.workload)
+        splits = parse_split_list(args.policies)
+    except (SpecError, ValueError) as error:
+        raise UserError(str(error)) from None
+    out_dir: Path = args.out
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out_dir}: cannot create the folder: {error.strerror}") from None
+    started = time.monotonic()
+
+    def progress(split: str, now_s: float, duration_s: float) -> None:
+        if not args.quiet:
+            elapsed = time.monotonic() - started
+            print(
+                f"[bench] {split}: {now_s:.0f}/{duration_s:.0f} s simulated, {elapsed:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    bench = run_fleet_bench(fleet, splits, progress)
+    command = _command_line(args)
+    (out_dir / "report.md").write_text(render_fleet_markdown(bench, command), encoding="utf-8")
+    (out_dir / "results.json").write_text(json.dumps(fleet_results(bench), indent=1) + "\n")
+    print(f"{fleet.workload.name}: oracle split {bench.oracle_ips:.1f}/s")
+    print(f"{'split':<14} {'/s':>9} {'/oracle':>8} {'/Equal':>7} {'over':>7} {'worst W':>8}")
+    for split, m in bench.metrics.items():
+        vs_equal = bench.versus(split, SplitPolicy.EQUAL)
+        print(
+            f"{split.value:<14} {m.throughput_ips:>9.1f} {bench.versus_oracle(split):>8.3f} "
+            f"{'-' if vs_equal is None else f'{vs_equal:.3f}':>7} "
+            f"{100 * m.over_budget_fraction:>6.2f}% {m.worst_overshoot_watts:>8.1f}"
+        )
+    print(f"report: {out_dir / 'report.md'}")
     return 0
 
 
@@ -175,16 +234,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Run every job of a workload (YAML; format in capinfer_sidecar/sim/workloads.py"
             " and bench/workloads/README.md) on the simulated GPU and Triton, each policy in the"
             " sidecar's own control loop on virtual time, and the oracle; print a summary and"
-            " write report.md, results.json and PNG figures."
+            " write report.md, results.json and PNG figures. A fleet workload (one with a"
+            " 'fleet' section: many GPUs under one power budget) runs every split policy"
+            " instead, against the oracle split."
         ),
     )
     parser.add_argument("--workload", required=True, type=Path, help="the workload YAML file")
     parser.add_argument("--out", required=True, type=Path, help="folder for the report")
     parser.add_argument(
         "--policies",
-        default=",".join(DEFAULT_POLICIES),
+        default=None,
         help=f"comma-separated policies (default {','.join(DEFAULT_POLICIES)}); "
-        "Static:BATCH@MHZ fixes a pair",
+        "Static:BATCH@MHZ fixes a pair. For a fleet workload: split policies "
+        f"(default {','.join(s.value for s in SplitPolicy)})",
     )
     parser.add_argument("--jobs", default="", help="comma-separated job names (default: all)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")

@@ -194,6 +194,9 @@ class Adaptive(Policy):
 
     # -- the Policy interface ------------------------------------------------------------
 
+    def measured_settings(self) -> list[tuple[float, float]]:
+        return self._table.measured_settings(self._now_s)
+
     def start(self, settings: PowerSettings, now_s: float) -> Decision:
         self._settings = settings
         self._now_s = now_s

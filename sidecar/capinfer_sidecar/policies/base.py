@@ -118,6 +118,11 @@ class Policy(abc.ABC):
     def step(self, observation: Observation) -> Decision:
         """Take one sample and return the settings wanted from now on."""
 
+    def measured_settings(self) -> list[tuple[float, float]]:
+        """``(peak watts, inferences/s)`` of the settings this policy has measured, for a
+        power budget's throughput curve; empty for a policy that keeps no measurements."""
+        return []
+
     def disable_clock_control(self, reason: str) -> None:
         """Clocks turned out not to be settable (NO_PERMISSION...): carry on with batch only.
 

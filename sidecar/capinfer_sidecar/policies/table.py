@@ -241,6 +241,16 @@ class PlantTable:
     def batches_seen(self, now_s: float) -> set[int]:
         return {batch for (batch, _), _ in self.items(now_s)}
 
+    def measured_settings(self, now_s: float) -> list[tuple[float, float]]:
+        """``(peak watts, inferences/s)`` of every fresh pair with both measured: what a
+        budget controller builds this GPU's throughput curve from."""
+        measured = []
+        for _, cell in self.items(now_s):
+            rate = cell.rate()
+            if rate is not None and cell.peaks_watts:
+                measured.append((cell.peak_watts(self.noise_watts), rate[0]))
+        return measured
+
     def mark_too_hot(self, knobs: Knobs, peak_watts: float, now_s: float) -> None:
         """The controller leaves this pair: its peak was too high. Remembered for the memory,
         whatever later readings say (the pair is not visited, so none will)."""

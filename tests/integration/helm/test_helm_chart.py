@@ -288,6 +288,15 @@ OPERATOR_NEEDS = [
     ("list", "customresourcedefinitions.apiextensions.k8s.io", ()),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", ()),
 ]
+# What the budget controller needs (cluster-wide installs only).
+BUDGET_NEEDS = [
+    ("watch", "powerbudgets.capinfer.io", ()),
+    ("patch", "powerbudgets.capinfer.io", ()),
+    ("patch", "powerbudgets.capinfer.io", ("--subresource=status",)),
+    ("list", "pods", ("--all-namespaces",)),
+    ("list", "nodes", ()),
+    ("list", "namespaces", ()),
+]
 
 OPERATOR_MUST_NOT = [
     ("delete", PCI, ()),
@@ -313,7 +322,12 @@ OPERATOR_MUST_NOT = [
     ("impersonate", "serviceaccounts", ()),
     ("create", "serviceaccounts", ("--subresource=token",)),
     ("create", "customresourcedefinitions.apiextensions.k8s.io", ()),
-    ("list", "namespaces", ()),
+    ("watch", "namespaces", ()),
+    ("get", "pods", ()),
+    ("delete", "pods", ()),
+    ("watch", "nodes", ()),
+    ("create", "powerbudgets.capinfer.io", ()),
+    ("delete", "powerbudgets.capinfer.io", ()),
     ("patch", "clusterkopfpeerings.kopf.dev", ()),
 ]
 
@@ -334,6 +348,13 @@ NAMESPACED_RIGHTS = {
 }
 CLUSTER_RIGHTS = {"customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"}}
 NAMESPACES_RIGHTS = {"namespaces": {"list", "watch"}}
+BUDGET_RIGHTS = {
+    "powerbudgets.capinfer.io": {"get", "list", "watch", "patch"},
+    "powerbudgets.capinfer.io/status": {"get", "patch"},
+    "pods": {"list"},
+    "nodes": {"list"},
+    "namespaces": {"list"},
+}
 # What every authenticated user may do (ask the API server about itself).
 ALWAYS_GRANTED = {
     "selfsubjectreviews.authentication.k8s.io",
@@ -398,11 +419,13 @@ def test_install_grants_the_operator_what_it_needs_and_no_more(
             "jsonpath={.status.readyReplicas}",
         ).stdout
         assert ready == "1", "helm --wait returned but the operator pod is not ready"
-        assert refused(cluster, account, OPERATOR_NEEDS) == []
+        assert refused(cluster, account, OPERATOR_NEEDS + BUDGET_NEEDS) == []
         assert denied(cluster, account, OPERATOR_MUST_NOT) == []
         # Exactly these rights, in its own namespace and in any other.
         for where in (namespace, "kube-public"):
-            assert rights(cluster, account, where) == NAMESPACED_RIGHTS | CLUSTER_RIGHTS
+            assert rights(cluster, account, where) == (
+                NAMESPACED_RIGHTS | CLUSTER_RIGHTS | BUDGET_RIGHTS
+            )
         # Cluster-wide: the same rights in a namespace the release knows nothing about.
         elsewhere = ("-n", "kube-public")
         assert can_i(cluster, account, "create", "deployments.apps", *elsewhere)
@@ -478,6 +501,7 @@ def test_install_scoped_to_namespaces_grants_nothing_outside_them(
             assert can_i(cluster, account, "list", "namespaces")
             assert can_i(cluster, account, "list", "customresourcedefinitions.apiextensions.k8s.io")
             assert not can_i(cluster, account, "watch", PCI, "--all-namespaces")
+            assert not can_i(cluster, account, "list", "powerbudgets.capinfer.io")
             assert not can_i(cluster, account, "watch", PCI, "-n", outside)
             assert not can_i(cluster, account, "create", "deployments.apps", "-n", outside)
             assert not can_i(

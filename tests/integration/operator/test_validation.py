@@ -250,3 +250,67 @@ def test_generated_bad_triton_args_are_refused(
     api: client.CustomObjectsApi, namespace: str, arg: str
 ) -> None:
     assert_refused(api, namespace, "triton.args", ["--log-verbose=1", arg])
+
+
+# -- PowerBudget ------------------------------------------------------------------------------
+def budget_refusal(api: client.CustomObjectsApi, spec: dict[str, Any]) -> str | None:
+    """The API server's message when it refuses a PowerBudget with this spec (dry run)."""
+    obj = {"apiVersion": "capinfer.io/v1alpha1", "kind": "PowerBudget",
+           "metadata": {"name": "checked"}, "spec": spec}  # fmt: skip
+    try:
+        api.create_cluster_custom_object(
+            "capinfer.io", "v1alpha1", "powerbudgets", obj, dry_run="All"
+        )
+    except ApiException as error:
+        assert error.status == 422, f"{error.status}: {error.body}"
+        return str(error.body)
+    return None
+
+
+RACK = {"nodeSelector": {"matchLabels": {"rack": "a12"}}}
+BAD_BUDGETS: list[tuple[dict[str, Any], str]] = [
+    ({"watts": -5, **RACK}, "spec.watts"),
+    ({"watts": 0, **RACK}, "spec.watts"),
+    ({**RACK}, "spec.watts"),
+    ({"watts": 900}, "exactly one of spec.nodeSelector"),
+    ({"watts": 900, **RACK, "selector": {}}, "exactly one of spec.nodeSelector"),
+    ({"watts": 900, **RACK, "namespaceSelector": {}}, "spec.namespaceSelector"),
+    ({"watts": 900, "nodeSelector": {"matchLabels": {"bad key": "x"}}},
+     "spec.nodeSelector.matchLabels"),
+    ({"watts": 900, "selector": {"matchLabels": {"team": "a b"}}}, "spec.selector.matchLabels"),
+    ({"watts": 900, "selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+     "spec.selector.matchExpressions[0]"),
+    ({"watts": 900, "selector": {"matchExpressions": [
+        {"key": "a", "operator": "Exists", "values": ["x"]}]}},
+     "spec.selector.matchExpressions[0]"),
+    ({"watts": 900, "selector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}},
+     "spec.selector.matchExpressions[0].operator"),
+    ({"watts": 900, **RACK, "policy": "Greedy"}, "spec.policy"),
+    ({"watts": 900, **RACK, "defaults": {"minWattsPerGpu": 300, "maxWattsPerGpu": 200}},
+     "spec.defaults"),
+    ({"watts": 900, **RACK, "defaults": {"minWattsPerGpu": -1}}, "spec.defaults.minWattsPerGpu"),
+    ({"watts": 900, **RACK, "members": [{"namespace": "ml"}]}, "spec.members[0].name"),
+    ({"watts": 900, **RACK, "members": [{"namespace": "ml", "name": "a"},
+                                        {"namespace": "ml", "name": "a"}]}, "spec.members[1]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("spec", "field"), BAD_BUDGETS, ids=[f for _, f in BAD_BUDGETS])
+def test_the_api_server_refuses_a_bad_budget_naming_the_field(
+    api: client.CustomObjectsApi, spec: dict[str, Any], field: str
+) -> None:
+    message = budget_refusal(api, spec)
+    assert message is not None, f"{spec} was accepted"
+    assert field in message, f"the refusal does not name {field}: {message}"
+
+
+def test_the_api_server_accepts_a_rack_and_a_service_budget(api: client.CustomObjectsApi) -> None:
+    rack = {"watts": 2400, "nodeSelector": {"matchLabels": {"rack": "a12"}, "matchExpressions": [
+        {"key": "zone", "operator": "In", "values": ["a", "b"]},
+        {"key": "draining", "operator": "DoesNotExist"}]},
+        "defaults": {"minWattsPerGpu": 100, "maxWattsPerGpu": 350, "priority": 1}}  # fmt: skip
+    service = {"watts": 900, "selector": {"matchLabels": {"app.kubernetes.io/part-of": "search"}},
+               "namespaceSelector": {"matchLabels": {"team": "ml"}}, "policy": "Proportional",
+               "members": [{"namespace": "ml", "name": "resnet", "priority": 10}]}  # fmt: skip
+    assert budget_refusal(api, rack) is None
+    assert budget_refusal(api, service) is None

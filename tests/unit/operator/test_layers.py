@@ -21,6 +21,6 @@ def imported_roots(path: Path) -> set[str]:
     return roots
 
 
-@pytest.mark.parametrize("module", ["builders", "status", "changes"])
+@pytest.mark.parametrize("module", ["builders", "status", "changes", "budget"])
 def test_pure_modules_import_no_cluster_client(module: str) -> None:
     assert imported_roots(PACKAGE / f"{module}.py") & CLUSTER_CLIENTS == set()

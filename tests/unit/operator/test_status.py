@@ -205,3 +205,26 @@ def test_latency_slo_condition_says_when_the_cap_wins() -> None:
     assert latency_slo_status(unreachable, 50.0, 4, now)[1][0]["reason"] == "Unreachable"
     assert latency_slo_status([{"name": "a"}], 50.0, 4, now)[1][0]["status"] == "Unknown"
     assert latency_slo_status(within, None, 4, now) == ({"p99LatencyMs": 30.0}, [])
+
+
+def test_the_object_says_which_budget_limits_it_and_judges_each_pod_by_its_own_cap() -> None:
+    pods = [
+        {"name": "a", "powerWatts": 140.0, "capWatts": 150, "allocatedCapWatts": 150,
+         "budget": "rack-a"},
+        {"name": "b", "powerWatts": 170.0, "capWatts": 180},
+    ]  # fmt: skip
+    _, conditions = aggregate_pods(pods, 180, generation=1, now="t")
+    by_type = {c["type"]: c for c in conditions}
+    assert by_type["CapMet"]["status"] == "True"
+    assert by_type["Budgeted"]["reason"] == "LimitedByBudget"
+    budgeted = by_type["Budgeted"]["message"]
+    assert "rack-a" in budgeted and "a 150 W" in budgeted
+    pods[0]["powerWatts"] = 160.0  # under 180, over its allocation
+    _, conditions = aggregate_pods(pods, 180, generation=1, now="t")
+    assert conditions[0]["reason"] == "OverCap" and "a" in conditions[0]["message"]
+    behind = [{"name": "a", "capWatts": 180, "allocatedCapWatts": 120, "budget": "r"}]
+    _, conditions = aggregate_pods(behind, 180, generation=1, now="t")
+    assert conditions[0]["reason"] == "CapChanging"
+    unbudgeted = [{"name": "b", "powerWatts": 170.0, "capWatts": 180}]
+    _, conditions = aggregate_pods(unbudgeted, 180, generation=1, now="t")
+    assert "Budgeted" not in {c["type"] for c in conditions}

@@ -92,3 +92,24 @@ def test_static_pair_and_latency_slo_are_parsed_and_checked() -> None:
         parse_power_spec({"capWatts": 180, "staticClockMHz": 900, "clockControl": {"minMHz": 1000}})
     with pytest.raises(InvalidPowerSpecError, match=r"latencySLO\.p99Ms"):
         parse_power_spec({"capWatts": 180, "latencySLO": {"p99Ms": 0}})
+
+
+def test_a_budget_allocation_below_the_declared_cap_is_the_cap_in_force() -> None:
+    spec = parse_power_spec({"capWatts": 180, "allocatedCapWatts": 120.5})
+    assert (spec.cap_watts, spec.declared_cap_watts, spec.allocated_cap_watts) == (
+        120.5, 180, 120.5)  # fmt: skip
+    # An allocation can never raise the cap a person declared.
+    above = parse_power_spec({"capWatts": 180, "allocatedCapWatts": 250})
+    assert (above.cap_watts, above.declared_cap_watts) == (180, None)
+    numbered = parse_power_spec(
+        {"capWatts": 180, "allocatedCapWatts": 120, "allocationGeneration": 4}
+    )
+    assert numbered.allocation_generation == 4
+    # 0: parked by the budget; held as the lowest cap there is.
+    assert parse_power_spec({"capWatts": 180, "allocatedCapWatts": 0}).cap_watts == 1.0
+
+
+@pytest.mark.parametrize("value", [-1, "lots", True])
+def test_a_bad_allocation_is_rejected_naming_the_status_field(value: object) -> None:
+    with pytest.raises(InvalidPowerSpecError, match=r"status\.pods\[\]\.allocatedCapWatts"):
+        parse_power_spec({"capWatts": 180, "allocatedCapWatts": value})

@@ -211,3 +211,20 @@ async def test_a_watch_expired_410_is_read_again_at_once(monkeypatch: pytest.Mon
     assert items == [{"capWatts": 150}, {"capWatts": 120}]
     # read, watch from its version (410), read again, watch from the current state
     assert ExpiringWatch.expired == 1 and api.calls == 2
+
+
+def test_the_watch_carries_this_pods_budget_allocation_with_spec_power() -> None:
+    found = {
+        "spec": {"power": {"capWatts": 180}},
+        "status": {"pods": [
+            {"name": "other", "allocatedCapWatts": 50},
+            {"name": "me", "allocatedCapWatts": 120, "allocationGeneration": 3, "budget": "r"},
+        ]},
+    }  # fmt: skip
+    assert kube.power_version(found, "me") == {
+        "capWatts": 180,
+        "allocatedCapWatts": 120,
+        "allocationGeneration": 3,
+    }
+    assert kube.power_version(found, "third") == {"capWatts": 180}
+    assert kube.power_version(found, None) == {"capWatts": 180}
