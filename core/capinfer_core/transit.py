@@ -70,10 +70,12 @@ def next_caps(
     wanted = {key: targets[key] - result[key] for key in rising if targets[key] > result[key]}
     if not wanted or headroom <= 0:
         return result
+    # Judged by the exact sum, not by ``cost <= headroom``: targets that fill the budget to
+    # the last watt would otherwise miss it by a rounding error and never be reached.
+    reached = {**result, **{key: targets[key] for key in wanted}}
+    if counted_watts(reached, held, gpus) <= budget_watts:
+        return reached
     cost = math.fsum(wanted[key] * gpus[key] for key in wanted)
-    if cost <= headroom:
-        result.update({key: targets[key] for key in wanted})
-        return result
     share = headroom / cost
     base = {key: result[key] for key in wanted}
     # The fractional step is rounded; shrink it until the exact sum holds.
