@@ -23,7 +23,11 @@ The curve the controller builds for a member (:func:`member_curve`):
   added ``EXPLORE_STEP`` above it (the last measured slope continued): a member whose curve
   still climbs gets the chance to show it, and the next split corrects the guess.
 
-The controller keeps ``reserve_fraction`` of the budget back, re-reads a member's curve only
+When the budget falls under what the fleet may draw, the controller first cuts every member
+by the same factor (a cut each policy follows with its clock alone, in milliseconds, where
+a deep cut of one member may need a batch-size reload of seconds), and moves watts between
+members with the real split only once those cuts are confirmed. It keeps
+``reserve_fraction`` of the budget back, re-reads a member's curve only
 once a whole window of its samples ran under its current, confirmed cap, and leaves a
 member's cap alone when the new split moves it by less than ``DEADBAND``.
 
@@ -342,11 +346,33 @@ async def _controller(
     next_split_s = 0.0
     targets: dict[str, float] = dict(ledger.published)
     curves: dict[str, tuple[ThroughputCurve | None, float]] = {}
+    cutting = False
     next_progress_s = 0.0
     while True:
         now = loop.time()
         budget = config.budget_at(now + 1e-9) * (1 - config.reserve_fraction)
-        if now >= next_split_s - 1e-9:
+        if budget < ledger.counted_watts:
+            # The budget fell under what the fleet may draw: cut every member by the same
+            # factor first, a cut each policy follows with its clock alone (milliseconds);
+            # the real split moves watts between members once those cuts are confirmed.
+            members = [
+                BudgetMember(
+                    name,
+                    1,
+                    run.spec.min_watts,
+                    run.spec.max_watts,
+                    demand_watts=ledger.published[name],
+                )
+                for name, run in runs.items()
+            ]
+            targets = dict(allocate(budget, members, SplitPolicy.PROPORTIONAL).caps_watts)
+            cutting = True
+        elif cutting and not any(run.pending for run in runs.values()):
+            cutting = False
+            next_split_s = now
+        if cutting and now >= next_split_s - 1e-9:
+            next_split_s = now + config.interval_s  # the split waits for the cuts
+        elif now >= next_split_s - 1e-9:
             members = []
             for name, run in runs.items():
                 cap = ledger.published[name]
