@@ -54,7 +54,7 @@ image: ## build the image with buildah, on a stand-in base (root; image/build.sh
 	bash image/build.sh
 
 image-lock: setup ## regenerate image/requirements.lock (pip-compile, hashes) after a dependency change
-	bash image/lock.sh
+	bash image/lock.sh $(LOCK_ARGS)
 
 image-check: setup binaries ## run the built image read-only as UID 65532: sidecar --help, operator on the local cluster
 	$(BIN)/python image/check.py

@@ -8,6 +8,8 @@
 #   image/build-requirements.lock  the build backend (setuptools) for their wheels
 #
 # capinfer's own distributions are left out of the lock: they are built from this tree.
+# Pins already in a lock are kept where they still fit (pip-compile's rule);
+# `image/lock.sh --upgrade` (or `make image-lock LOCK_ARGS=--upgrade`) moves them all.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PIP_COMPILE="${PIP_COMPILE:-.venv/bin/pip-compile}"
@@ -17,11 +19,13 @@ python_version="$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_i
 
 compile() {
     local input="$1" output="$2" raw
+    shift 2
     raw="$(mktemp)"
+    [[ ! -f "$output" ]] || cp "$output" "$raw"
     # PIP_FIND_LINKS from the environment would be written into the lock; the index alone.
     PIP_FIND_LINKS='' CUSTOM_COMPILE_COMMAND='make image-lock' "$PIP_COMPILE" --quiet --generate-hashes --allow-unsafe --strip-extras \
         --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --newline=LF \
-        --output-file "$raw" "$input"
+        "$@" --output-file "$raw" "$input"
     # Drop capinfer's own distributions (local paths, unhashable) and pip-compile's warning.
     python3 - "$raw" "$output" <<'PY'
 import re
@@ -36,6 +40,6 @@ PY
     rm -f "$raw"
 }
 
-compile image/requirements.in image/requirements.lock
-compile image/build-requirements.in image/build-requirements.lock
+compile image/requirements.in image/requirements.lock "$@"
+compile image/build-requirements.in image/build-requirements.lock "$@"
 echo "lock.sh: wrote image/requirements.lock and image/build-requirements.lock" >&2
