@@ -18,7 +18,7 @@ $(BIN)/python:
 # One distribution per process (docs/design.md, "Distributions"); the dev environment has
 # them all, editable, in one resolve, so they find each other here, not on the index.
 DISTRIBUTIONS := core operator sidecar node cli
-EDITABLES := -e ./core -e ./operator -e ./sidecar -e ./node -e './cli[plots,triton]'
+EDITABLES := -e ./core -e ./operator -e ./sidecar -e ./node -e './cli[bench,triton]'
 
 $(VENV)/.installed: pyproject.toml $(DISTRIBUTIONS:%=%/pyproject.toml) | $(BIN)/python
 	$(BIN)/pip install --quiet $(EDITABLES) --group test

