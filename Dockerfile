@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# One image for both capinfer processes:
+# One image for capinfer's processes:
 #   the operator (default):  docker run capinfer:0.1.0
 #   the sidecar:             docker run --entrypoint capinfer-sidecar capinfer:0.1.0
+#   the node agent:          docker run --entrypoint capinfer-node-agent capinfer:0.1.0
 # In a pod, `command: ["capinfer-sidecar"]` selects the sidecar (it replaces ENTRYPOINT).
 #
 # Build: docker build -t capinfer:0.1.0 .
@@ -13,23 +14,30 @@
 #   --build-arg PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:<digest>
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
-# --- builder: build capinfer's wheel and install it, with its dependencies, into a venv
+# --- builder: the image's distributions (core, operator, sidecar, node agent) and only
+# their dependencies, pinned with hashes in image/requirements.lock (`make image-lock`).
+# Not the development CLI (cli/), its test models or report rendering.
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-RUN python -m venv /opt/capinfer
-COPY pyproject.toml README.md ./
+COPY image/requirements.lock image/build-requirements.lock image/
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes --no-deps -r image/build-requirements.lock \
+    && python -m venv /opt/capinfer \
+    && /opt/capinfer/bin/pip install --require-hashes --no-deps -r image/requirements.lock
+COPY core/ core/
 COPY operator/ operator/
 COPY sidecar/ sidecar/
 COPY node/ node/
-COPY core/ core/
-COPY cli/ cli/
-# Build a wheel first so the final venv holds an installed package, never the source tree.
+# Wheels first so the final venv holds installed packages, never the source tree; the
+# locked setuptools builds them. `pip check`: the lock holds every dependency they declare.
 # pip leaves the venv at the end: the final stage installs nothing.
-RUN /opt/capinfer/bin/pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/capinfer/bin/pip install /wheels/capinfer-*.whl \
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels \
+       ./core ./operator ./sidecar ./node \
+    && /opt/capinfer/bin/pip install --no-index --no-deps /wheels/*.whl \
+    && /opt/capinfer/bin/pip check \
     && /opt/capinfer/bin/pip uninstall --yes pip
 
 # --- final: the venv and a non-root user, nothing else

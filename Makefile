@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup binaries lint test unit demo cluster-up cluster-down image image-check clean
+.PHONY: help setup binaries lint test unit demo cluster-up cluster-down image image-check image-lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -15,11 +15,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+# One distribution per process (docs/design.md, "Distributions"); the dev environment has
+# them all, editable, in one resolve, so they find each other here, not on the index.
+DISTRIBUTIONS := core operator sidecar node cli
+EDITABLES := -e ./core -e ./operator -e ./sidecar -e ./node -e './cli[bench,triton]'
+
+$(VENV)/.installed: pyproject.toml $(DISTRIBUTIONS:%=%/pyproject.toml) | $(BIN)/python
+	$(BIN)/pip install --quiet $(EDITABLES) --group test
 	touch $@
 
-setup: $(VENV)/.installed ## create .venv with capinfer and its test tools
+setup: $(VENV)/.installed ## create .venv with every capinfer distribution, editable, and the test tools
 
 binaries: ## build the local control plane's binaries from source (cached)
 	bash cli/capinfer/localcluster/build-cluster-binaries.sh
@@ -47,6 +52,9 @@ cluster-down: setup ## stop the local cluster
 
 image: ## build the image with buildah, on a stand-in base (root; image/build.sh)
 	bash image/build.sh
+
+image-lock: setup ## regenerate image/requirements.lock (pip-compile, hashes) after a dependency change
+	bash image/lock.sh $(LOCK_ARGS)
 
 image-check: setup binaries ## run the built image read-only as UID 65532: sidecar --help, operator on the local cluster
 	$(BIN)/python image/check.py

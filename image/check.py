@@ -7,7 +7,10 @@ Every process runs from the image through ``image/run.sh``: as the image's user 
    or permitted capabilities, no_new_privs, every write under ``/`` (``/``, ``/opt/capinfer``,
    ``/etc``) refused with EROFS, ``/tmp`` writable;
 2. ``capinfer-sidecar --help`` exits 0 with its usage;
-3. ``capinfer-operator`` (the image's entry point) against the local cluster
+3. what ships: the image holds capinfer-core, -operator, -sidecar and -node-agent, and not
+   the development CLI (``capinfer``), matplotlib, nvidia-pytriton or tritonclient[all]'s
+   extras (cuda-python, gevent, perf-analyzer); ``capinfer-node-agent --help`` exits 0;
+4. ``capinfer-operator`` (the image's entry point) against the local cluster
    (``capinfer cluster up --name image-check``), with the Helm chart's RBAC and nothing
    more: a kubeconfig holding only a token of the chart's ServiceAccount is mounted
    read-only. It must serve its liveness endpoint, turn a ``PowerCappedInference`` into a
@@ -127,6 +130,48 @@ def check_sidecar_help(image: str) -> None:
             f"capinfer-sidecar --help: exit {result.returncode}\n{result.stdout}{result.stderr}"
         )
     print("\n".join(result.stdout.splitlines()[:3]) + "\n...", flush=True)
+
+
+# What ships: capinfer's image distributions, never the development CLI, report rendering
+# or tritonclient[all]'s extras (CUDA Python, gevent, perf-analyzer).
+IMAGE_DISTRIBUTIONS = {
+    "capinfer-core",
+    "capinfer-operator",
+    "capinfer-sidecar",
+    "capinfer-node-agent",
+}
+NOT_SHIPPED = {
+    "capinfer",
+    "matplotlib",
+    "nvidia-pytriton",
+    "cuda-python",
+    "gevent",
+    "geventhttpclient",
+    "perf-analyzer",
+}
+LIST_DISTRIBUTIONS = (
+    "import importlib.metadata as m, json; "
+    "names = {d.metadata['Name'].lower().replace('_', '-') for d in m.distributions()}; "
+    "print(json.dumps(sorted(names)))"
+)
+
+
+def check_contents(image: str) -> None:
+    say("what ships: capinfer's image distributions, not the development CLI")
+    result = run_image(image, "--entrypoint", "python", "--", "-c", LIST_DISTRIBUTIONS)
+    if result.returncode != 0:
+        raise CheckFailedError(f"listing distributions failed:\n{result.stderr}")
+    names = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    print(f"{len(names)} distributions: {' '.join(sorted(names))}", flush=True)
+    if missing := IMAGE_DISTRIBUTIONS - names:
+        raise CheckFailedError(f"the image lacks {sorted(missing)}")
+    if shipped := NOT_SHIPPED & names:
+        raise CheckFailedError(f"the image ships {sorted(shipped)}")
+    result = run_image(image, "--entrypoint", "capinfer-node-agent", "--", "--help")
+    if result.returncode != 0 or not result.stdout.startswith("usage: capinfer-node-agent"):
+        raise CheckFailedError(
+            f"capinfer-node-agent --help: exit {result.returncode}\n{result.stdout}{result.stderr}"
+        )
 
 
 def get_json(cluster: LocalCluster, *args: str) -> Any:
@@ -295,6 +340,7 @@ def main() -> int:
         try:
             check_confinement(image)
             check_sidecar_help(image)
+            check_contents(image)
             check_operator(image, Path(folder), log_path)
         except CheckFailedError as failure:
             print(f"check.py: FAILED: {failure}", file=sys.stderr)

@@ -51,7 +51,8 @@ init_storage() {
     IMAGE="${CAPINFER_IMAGE:-capinfer:$(project_version)}"
 }
 
-# capinfer:<the package's version>. buildah stores it as localhost/capinfer:<version>.
+# capinfer:<the operator distribution's version> (capinfer's distributions share one).
+# buildah stores it as localhost/capinfer:<version>.
 project_version() {
     local line
     while IFS= read -r line; do
@@ -59,8 +60,8 @@ project_version() {
             printf '%s\n' "${BASH_REMATCH[1]}"
             return
         fi
-    done <"$REPO/pyproject.toml"
-    die "no version in $REPO/pyproject.toml"
+    done <"$REPO/operator/pyproject.toml"
+    die "no version in $REPO/operator/pyproject.toml"
 }
 
 # The base the Dockerfile builds FROM (its PYTHON_IMAGE default), fully qualified.

@@ -95,7 +95,7 @@ def sidecar_command(container: dict[str, Any]) -> list[str]:
     command = [str(part) for part in container.get("command", ["capinfer-sidecar"])]
     resolved = shutil.which(command[0]) or str(Path(sys.executable).parent / command[0])
     if not Path(resolved).exists():
-        raise UserError(f"{command[0]} is not installed here (pip install -e .)")
+        raise UserError(f"{command[0]} is not installed here (make setup)")
     return [resolved, *command[1:], *[str(a) for a in container.get("args", [])]]
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tritonclient.grpc.aio as triton_grpc
+from google.protobuf.json_format import MessageToDict
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -259,9 +260,16 @@ def throughput_between(before: StatisticsSnapshot, after: StatisticsSnapshot) ->
 
 # -- Triton's Prometheus metrics: pure parsing, one blocking read -------------------------
 def _samples(metrics_text: str, metric: str) -> list[tuple[dict[str, str], float]]:
+    # Only the metric's own lines are parsed: the sidecar reads one metric 10 times a
+    # second out of Triton's whole exposition (tens of families per model and GPU).
+    lines = [
+        line
+        for line in metrics_text.splitlines()
+        if line.startswith((f"{metric} ", f"{metric}{{", f"# HELP {metric} ", f"# TYPE {metric} "))
+    ]
     return [
         (sample.labels, sample.value)
-        for family in text_string_to_metric_families(metrics_text)
+        for family in text_string_to_metric_families("\n".join(lines) + "\n")
         if family.name == metric
         for sample in family.samples
         if sample.name == metric
@@ -423,11 +431,13 @@ class TritonModel:
     async def statistics(self) -> StatisticsSnapshot:
         try:
             response = await self._client.get_inference_statistics(
-                self.model_name, as_json=True, client_timeout=self._request_timeout_s
+                self.model_name, client_timeout=self._request_timeout_s
             )
         except InferenceServerException as error:
             raise error_from_triton(f"read the statistics of {self.model_name!r}", error) from error
-        return StatisticsSnapshot.of(response, self.model_name, self._monotonic())
+        # What as_json=True returns, without its JSON encode and decode (10 times a second).
+        statistics = MessageToDict(response, preserving_proto_field_name=True)
+        return StatisticsSnapshot.of(statistics, self.model_name, self._monotonic())
 
     async def counters(self) -> ServerCounters:
         """The control loop's view: cumulative inferences and batches, the queue, the p99."""

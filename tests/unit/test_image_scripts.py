@@ -116,7 +116,8 @@ def test_the_stand_in_carries_the_name_the_dockerfile_builds_from() -> None:
 
 
 def test_the_image_is_tagged_with_the_package_version() -> None:
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    operator = tomllib.loads((REPO / "operator" / "pyproject.toml").read_text())
+    version = operator["project"]["version"]
     assert sourced("project_version") == version
 
 

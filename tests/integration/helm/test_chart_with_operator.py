@@ -88,7 +88,7 @@ def local_command(container: dict[str, Any], health_port: int) -> list[str]:
     (entry_point,) = container["command"]
     executable = Path(sys.executable).parent / entry_point
     if not executable.exists():
-        pytest.fail(f"{entry_point} is not installed in {executable.parent}: pip install -e .")
+        pytest.fail(f"{entry_point} is not installed in {executable.parent}: make setup")
     chart_port = str(container["ports"][0]["containerPort"])
     args = [arg.replace(f":{chart_port}", f":{health_port}") for arg in container["args"]]
     return [str(executable), *args]
