@@ -11,7 +11,9 @@ for the estimate's error (a share of the cap, or of the learned sensor noise). E
    once, to the highest level estimated under the limit. At the lowest clock, or without clock
    control, the batch size goes down instead (a reload: seconds).
 2. *A reading over the cap within the noise, or a pair whose peak is over the limit*: the
-   pair is left one clock level down, and remembered as too hot. One noisy reading alone
+   pair is left for the highest level its peak, rescaled along the fitted clock curve, puts
+   under the limit (at least one level down, however dense the ladder), and remembered as
+   too hot. One noisy reading alone
    moves nothing, neither up nor down.
 3. Otherwise the clock *climbs*, once a batch has run start to end at the current pair, to
    the highest level estimated under the limit for every batch size that may be executing
@@ -332,7 +334,8 @@ class Adaptive(Policy):
         """A reading over the cap within the noise, or a pair whose peak is over the limit.
 
         One noisy reading alone moves nothing (neither up nor down); a pair whose peak, from
-        all its recent readings, is above the limit is left one clock level down.
+        all its recent readings, is above the limit is left for the highest level estimated
+        under the limit (at least one down).
         """
         applied = observation.applied
         peak = self._pair_peak(applied)
@@ -347,7 +350,10 @@ class Adaptive(Policy):
         self._keep_away(applied, peak)
         if clock is None or self._clock != clock:
             return
-        lower = self._clocks[self._clocks.index(clock) - 1]
+        # Stepped by power, not by level: on a dense ladder (NVML lists 12-15 MHz steps) one
+        # level is a watt or two, and a level at a time would leave the pair over the limit
+        # for as many samples as there are levels to go.
+        lower = self._clock_under_limit(applied.batch_size, clock, peak)
         self._set_clock(lower, observation.now_s)
         self._say(
             f"peak {peak:.1f} W above the limit {self.limit_watts:.1f} W at batch "
