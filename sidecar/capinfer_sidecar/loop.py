@@ -78,6 +78,8 @@ class LoopSnapshot:
     """Batch sizes Triton refused to load repeatedly: not tried again for a long while."""
     reload_blocked: str | None = None
     """Why the requested batch size is not being loaded now, when it is not."""
+    cap_infeasible: bool = False
+    """The policy found the cap below what its least-power setting draws (and holds it)."""
 
 
 @dataclass
@@ -491,4 +493,5 @@ class ControlLoop:
             degraded=degraded,
             quarantined_batch_sizes=self.reloads.quarantined(now),
             reload_blocked=self._reload_blocked,
+            cap_infeasible=self._decision.infeasible,
         )

@@ -163,6 +163,8 @@ class Adaptive(Policy):
         """Batch sizes whose reload never took effect, and when that was found."""
         self._reason = "not started"
         self._state = "idle"
+        self._infeasible = False
+        """The least-power setting was seen over the cap: held, and reported."""
 
     @property
     def tuning(self) -> AdaptiveTuning:
@@ -223,6 +225,7 @@ class Adaptive(Policy):
         self._now_s = now_s
         notes = self._set_ladders(settings)
         if (old.cap_watts, old.band) != (settings.cap_watts, settings.band):
+            self._infeasible = False
             self._probed = set()
             self._probes = 0
             self._moves_in_epoch = 0
@@ -322,9 +325,13 @@ class Adaptive(Policy):
             return  # the reading is the larger batch's, formed before the reload, still running
         smaller = self._smaller_batch(applied.batch_size)
         if smaller is None:
+            # Nothing draws less: hold this setting (never oscillate) and say so.
+            self._infeasible = True
             self._say(
-                f"{reading} at the smallest batch and lowest clock: cap unreachable",
-                "cap-unreachable",
+                f"{reading} at the least-power setting (smallest batch"
+                + (", lowest clock" if self._clocks else "")
+                + "): the cap is infeasible; holding it",
+                "cap-infeasible",
             )
             return
         self._move_batch(smaller, observation.now_s)
@@ -788,4 +795,5 @@ class Adaptive(Policy):
             reason=self._reason,
             state=self._state,
             extra={"limit_watts": self.limit_watts, "reloads": float(self._reloads)},
+            infeasible=self._infeasible,
         )
