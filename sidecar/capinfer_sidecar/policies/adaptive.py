@@ -50,7 +50,35 @@ from capinfer_sidecar.policies.table import PlantTable
 
 @dataclass(frozen=True)
 class AdaptiveTuning:
-    """Knobs of the controller itself; the defaults are what the benchmark was tuned with."""
+    """Knobs of the controller itself; the defaults are what the benchmark was tuned with.
+
+    Which ones matter, and why (most first). The rest are plumbing: they change little
+    within a factor of two of their default.
+
+    - *The working limit* (``headroom``, ``noise_sigmas``, ``max_headroom``): how far under
+      the cap a pair's peak must stay. The one lever between time over the cap and
+      throughput: every watt of headroom is a watt of clock not used; too little and the
+      sensor's noise puts readings over the cap.
+    - *The alarm* (``alarm_sigmas``): what separates a real violation (cut at once) from
+      noise (trim after several readings). Lower cuts the clock on noise; higher leaves a
+      real excursion for a few samples.
+    - *Where it starts* (``start_batch``): under a tight cap the first batch size is over the
+      cap until a reload (seconds) takes it down; under a relaxed one growing from a small
+      one costs reloads at low throughput. A reading over the cap with nothing known of
+      smaller sizes drops several rungs at once (``drop_power_exponent``).
+    - *What a reload must earn* (``switch_gain``, ``larger_batch_preference``,
+      ``probe_gain``, ``bold_probe_gain``, ``max_probes``, ``probe_reach``): the planner's
+      appetite. Lower gains and more probes find better pairs and spend more reloads (each
+      seconds at the old size); ``probe_reach`` bounds how far the model is trusted.
+    - *Against thrashing* (``free_moves``, ``move_backoff_s``): caps that hunt up and down
+      would otherwise be chased with a reload each way.
+    - *Evidence* (``settle_s``, ``measure_s``, ``plan_interval_s``, ``dwell_samples``,
+      ``memory_s``): how long a pair is watched before it is judged, and how long what was
+      seen is trusted.
+    - *Climbing* (``trial_sigmas``, ``max_climb_ratio``): how boldly the clock climbs into
+      levels not measured. On a dense ladder (NVML lists 12-15 MHz steps) the climb and the
+      trim both move by estimated power, never one level at a time.
+    """
 
     headroom: float = 0.004
     """Least working headroom under the cap, as a fraction of it."""
@@ -101,6 +129,12 @@ class AdaptiveTuning:
     """Largest clock ratio of one climb into levels not measured at this batch size."""
     light_load_fill: float = 0.8
     """Batches formed below this fraction of the max batch size mean light load."""
+    hunt_window_s: float = 90.0
+    """A cap that rose and then dropped again within this long is hunting (see
+    ``Adaptive._holds_recent_caps``)."""
+    drop_power_exponent: float = 0.1
+    """How fast total power is assumed to fall with the batch size when a reading over the
+    cap sends the batch size down and the model knows nothing smaller (low: cautious)."""
     max_beneficial_batch: int | None = None
     """Offline-profiled cutoff, as BatchSizer's: larger rungs are never used."""
     priors: ModelPriors = field(default_factory=ModelPriors)
@@ -165,6 +199,11 @@ class Adaptive(Policy):
         self._state = "idle"
         self._infeasible = False
         """The least-power setting was seen over the cap: held, and reported."""
+        self._cap_changes: list[tuple[float, float, float]] = []
+        """(time, cap before, cap after) of each cap change, for telling a hunting cap."""
+        self._first_sample = True
+        """The first sample after start: its interval began before the first settings were
+        in effect (the GPU's own clock), so it says nothing about them."""
 
     @property
     def tuning(self) -> AdaptiveTuning:
@@ -214,6 +253,10 @@ class Adaptive(Policy):
             self._clock = None
             where = "clocks not controlled, so the first rung (a violation would last a reload)"
         self._batch_applied_s = None
+        self._last_applied = None
+        self._first_sample = True
+        self._infeasible = False
+        self._cap_changes = []
         self._say(f"start at batch {self._batch}, {where}", "starting")
         return self._decision()
 
@@ -225,6 +268,8 @@ class Adaptive(Policy):
         self._now_s = now_s
         notes = self._set_ladders(settings)
         if (old.cap_watts, old.band) != (settings.cap_watts, settings.band):
+            if old.cap_watts != settings.cap_watts:
+                self._cap_changes.append((now_s, old.cap_watts, settings.cap_watts))
             self._infeasible = False
             self._probed = set()
             self._probes = 0
@@ -237,9 +282,14 @@ class Adaptive(Policy):
     def step(self, observation: Observation) -> Decision:
         self._now_s = observation.now_s
         previous, self._last_applied = self._last_applied, observation.applied
+        if self._first_sample:
+            self._first_sample = False
+            return self._decision()
         self._table.noise_prior_watts = self._tuning.noise_prior * self.settings.cap_watts
         self._table.full_fraction = self._tuning.light_load_fill
         self._table.record(observation)
+        if self._infeasible and self._pair_peak(observation.applied) <= self.settings.cap_watts:
+            self._infeasible = False  # the least-power setting now reads under the cap
         if observation.applied.sm_clock_mhz == self._clock:
             self._clock_quiet_samples += 1
         if self._batch_applied_s is None and not observation.reload_in_flight:
@@ -286,6 +336,27 @@ class Adaptive(Policy):
         self._batch_applied_s = observation.now_s
         self._say(f"reload to batch {refused}: {why}; batch {self._batch} stays", "reload-failed")
 
+    def _holds_recent_caps(self, batch: int) -> bool:
+        """While the cap hunts, a larger batch size must fit the lowest recent cap.
+
+        A cap that drops again within seconds would otherwise meet a large batch size that
+        only a reload (seconds over the cap) can take down; a clock cut is instant. So, once
+        the cap has risen and then dropped again within ``hunt_window_s``, a move to a larger
+        batch size needs its cautious peak at the lowest clock under the lowest cap of that
+        window. Caps that only step one way (down, or down then back up) are not hunting.
+        """
+        if batch <= self._batch:
+            return True
+        since = self._now_s - self._tuning.hunt_window_s
+        recent = [(old, new) for at_s, old, new in self._cap_changes if at_s >= since]
+        first_rise = next((i for i, (old, new) in enumerate(recent) if new > old), None)
+        if first_rise is None or not any(new < old for old, new in recent[first_rise + 1 :]):
+            return True
+        lowest_cap = min([self.settings.cap_watts, *(min(old, new) for old, new in recent)])
+        clock = self._clocks[0] if self._clocks else None
+        estimate = self._peak(batch, clock, lean=Lean.CAUTIOUS)
+        return estimate is not None and estimate <= lowest_cap * (1.0 - self._tuning.headroom)
+
     def _usable(self, batch: int) -> bool:
         """Not refused by the server recently."""
         refused_s = self._refused.get(batch)
@@ -323,10 +394,13 @@ class Adaptive(Policy):
             return  # a smaller batch size is already on its way
         if self._draining is not None and self._draining[0] > applied.batch_size:
             return  # the reading is the larger batch's, formed before the reload, still running
-        smaller = self._smaller_batch(applied.batch_size)
+        smaller = self._smaller_batch(applied.batch_size, observation.power_watts)
         if smaller is None:
-            # Nothing draws less: hold this setting (never oscillate) and say so.
-            self._infeasible = True
+            # Nothing draws less: hold this setting (never oscillate) and say so -- once its
+            # peak is over the cap by more than the sensor's noise (hysteresis: it is cleared
+            # only when the peak comes back under the cap).
+            if self._pair_peak(applied) > self.settings.cap_watts + self._table.noise_watts:
+                self._infeasible = True
             self._say(
                 f"{reading} at the least-power setting (smallest batch"
                 + (", lowest clock" if self._clocks else "")
@@ -360,7 +434,11 @@ class Adaptive(Policy):
         # Stepped by power, not by level: on a dense ladder (NVML lists 12-15 MHz steps) one
         # level is a watt or two, and a level at a time would leave the pair over the limit
         # for as many samples as there are levels to go.
-        lower = self._clock_under_limit(applied.batch_size, clock, peak)
+        # The latest reading counts when it is higher: the pair's peak, from few readings,
+        # may not have caught up with what the pair really draws.
+        lower = self._clock_under_limit(
+            applied.batch_size, clock, max(peak, observation.power_watts)
+        )
         self._set_clock(lower, observation.now_s)
         self._say(
             f"peak {peak:.1f} W above the limit {self.limit_watts:.1f} W at batch "
@@ -470,7 +548,7 @@ class Adaptive(Policy):
         for batch in (b for b in self._ladder if b > before):
             if self._model.rate(batch, None, self._now_s, self._tuning.measure_s) is not None:
                 break
-            if not self._usable(batch):
+            if not self._usable(batch) or not self._holds_recent_caps(batch):
                 break
             if not self._within_reach(batch):
                 break
@@ -587,12 +665,26 @@ class Adaptive(Policy):
                 # The next level, never measured, is worth one look when the best guess puts
                 # it within the noise of the limit: its first readings settle it (and a pair
                 # found too hot is remembered).
-                allowance = self._tuning.trial_sigmas * self._table.noise_watts if first else 0.0
+                # Not when a level above was found too hot: on a dense ladder the level just
+                # under it draws nearly as much.
+                allowance = (
+                    self._tuning.trial_sigmas * self._table.noise_watts
+                    if first and not self._hot_above(batch, candidate)
+                    else 0.0
+                )
                 safe = safe and estimate is not None and estimate <= self.limit_watts + allowance
             if not safe:
                 break
             best = candidate
         return best
+
+    def _hot_above(self, batch: int, clock: int) -> bool:
+        """A level above ``clock`` was found too hot at this batch size (and still counts)."""
+        return any(
+            self._table.too_hot(batch, c, self._now_s, self.limit_watts)
+            for c in self._clocks
+            if c > clock
+        )
 
     def _next_clock(self, clock: int) -> int | None:
         higher = [c for c in self._clocks if c > clock]
@@ -616,14 +708,23 @@ class Adaptive(Policy):
                 return Knobs(batch, clock)
         return None
 
-    def _smaller_batch(self, batch: int) -> int | None:
-        """The largest smaller rung estimated to fit (at the lowest clock); else the next one."""
+    def _smaller_batch(self, batch: int, reading_watts: float | None = None) -> int | None:
+        """The largest smaller rung estimated to fit (at the lowest clock); else the smallest.
+
+        Where the model knows nothing yet, a reading over the cap at ``batch`` is scaled down
+        as ``(b / batch) ** drop_power_exponent`` (idle included, total power falls slowly
+        with the batch size: a high estimate): far over the cap, the batch size drops several
+        rungs in one reload instead of one rung per reload, each of seconds over the cap.
+        """
         smaller = [b for b in self._ladder if b < batch and self._usable(b)]
         if not smaller:
             return None
         clock = self._clocks[0] if self._clocks else None
+        exponent = self._tuning.drop_power_exponent
         for candidate in reversed(smaller):
             estimate = self._peak(candidate, clock, lean=Lean.CAUTIOUS)
+            if estimate is None and reading_watts is not None:
+                estimate = reading_watts * math.pow(candidate / batch, exponent)
             if estimate is None or estimate <= self.limit_watts:
                 return candidate  # fits, or nothing is known: one rung at a time
         return smaller[0]
@@ -658,6 +759,8 @@ class Adaptive(Policy):
         for batch in self._ladder:
             if batch == self._batch or not self._usable(batch):
                 continue
+            if not self._holds_recent_caps(batch):
+                continue
             pair = self._fit(batch, lean=Lean.CENTRAL)
             if pair is None:
                 continue
@@ -691,7 +794,7 @@ class Adaptive(Policy):
         for batch in self._ladder:
             if batch == self._batch or batch in self._probed or not self._within_reach(batch):
                 continue
-            if not self._usable(batch):
+            if not self._usable(batch) or not self._holds_recent_caps(batch):
                 continue
             if self._model.rate(batch, None, self._now_s, self._tuning.measure_s) is not None:
                 continue  # measured: _best_known judges it

@@ -204,7 +204,9 @@ def test_a_dense_clock_ladder_is_held_as_well_as_a_sparse_one(cap_watts: float) 
         f"{dense.throughput_between(90, 120) / best:.3f}, sparse "
         f"{sparse.throughput_between(90, 120) / best:.3f} of the oracle"
     )
-    assert dense.seconds_over_cap(0.1) <= 0.005 * 120
+    # The per-job bound of the benchmark's targets (no job over the cap more than 2% of its
+    # time); the benchmark reports the figure over every job (capinfer bench).
+    assert dense.seconds_over_cap(0.1) <= 0.02 * 120
     assert dense.throughput_between(90, 120) >= 0.85 * best
 
 
