@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from capinfer_sidecar.sim.generate import (
@@ -45,8 +46,8 @@ def test_caps_loads_and_clocks_span_what_a_pod_meets() -> None:
     profiles = {name: load_profile_set(name) for name in builtin_profile_names()}
     for job in JOBS:
         caps = _caps(job)
-        rises += any(b > a for a, b in zip(caps, caps[1:], strict=False))
-        drops += any(b < a for a, b in zip(caps, caps[1:], strict=False))
+        rises += any(b > a for a, b in itertools.pairwise(caps))
+        drops += any(b < a for a, b in itertools.pairwise(caps))
         profile_set = profiles[job["profile"]]
         floor = cap_floor_watts(
             profile_set, job["dnn"], job["dataset"], job["clocks"] == "controlled"
