@@ -396,17 +396,26 @@ class Adaptive(Policy):
             return  # the reading is the larger batch's, formed before the reload, still running
         smaller = self._smaller_batch(applied.batch_size, observation.power_watts)
         if smaller is None:
-            # Nothing draws less: hold this setting (never oscillate) and say so -- once its
-            # peak is over the cap by more than the sensor's noise (hysteresis: it is cleared
-            # only when the peak comes back under the cap).
-            if self._pair_peak(applied) > self.settings.cap_watts + self._table.noise_watts:
+            # Nothing draws less: hold this setting (never oscillate). It is reported
+            # infeasible once its peak is over the cap beyond doubt (the alarm bound: a
+            # noisy sensor reads the top of a pair's spread, and near the floor a pair that
+            # truly fits reads over the cap by a few watts); cleared when the peak comes
+            # back under the cap, or the cap changes.
+            where = "smallest batch" + (", lowest clock" if self._clocks else "")
+            if self._pair_peak(applied) > self.alarm_watts:
                 self._infeasible = True
-            self._say(
-                f"{reading} at the least-power setting (smallest batch"
-                + (", lowest clock" if self._clocks else "")
-                + "): the cap is infeasible; holding it",
-                "cap-infeasible",
-            )
+            if self._infeasible:
+                self._say(
+                    f"{reading} at the least-power setting ({where}): the cap is infeasible;"
+                    " holding it",
+                    "cap-infeasible",
+                )
+            else:
+                self._say(
+                    f"{reading} at the least-power setting ({where}), within the sensor's "
+                    "noise: holding it",
+                    "holding",
+                )
             return
         self._move_batch(smaller, observation.now_s)
         self._say(f"{reading} at batch {applied.batch_size}: batch down to {smaller}", "over-cap")
