@@ -42,6 +42,7 @@ from typing import Any
 
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
 from capinfer_sidecar.policies.batchsizer import usable_batch_sizes
+from capinfer_sidecar.policies.clocktrim import highest_level_under, level_under_limit
 from capinfer_sidecar.policies.ladder import index_at_or_below, nearest_index
 from capinfer_sidecar.policies.model import Lean, ModelPriors, PlantModel
 from capinfer_sidecar.policies.observe import not_lower
@@ -622,28 +623,27 @@ class Adaptive(Policy):
         return self._model.peak(batch, clock, self._now_s, lean, remembered=remembered)
 
     def _clock_under_limit(self, batch: int, clock: int, reading_watts: float) -> int:
-        """The highest level below ``clock`` estimated under the limit after a violation.
-
-        The reading itself is rescaled along the fitted clock curve: it may be hotter than
-        anything the fit has seen (new conditions), and it is what has to come down.
-        """
+        """The highest level below ``clock`` estimated under the limit after a violation
+        (see :func:`.clocktrim.level_under_limit`)."""
         fit = self._model.power_fit(self._now_s)
-        idle = fit.idle_watts if fit else 0.0
-        gamma = fit.gamma if fit else self._tuning.priors.clock_power_exponent
-        for candidate in reversed([c for c in self._clocks if c < clock]):
-            from_reading = idle + (reading_watts - idle) * math.pow(candidate / clock, gamma)
-            known = self._peak(batch, candidate, lean=Lean.CENTRAL) or 0.0
-            if max(from_reading, known) <= self.limit_watts:
-                return candidate
-        return self._clocks[0]
+        return level_under_limit(
+            self._clocks,
+            clock,
+            reading_watts,
+            self.limit_watts,
+            idle_watts=fit.idle_watts if fit else 0.0,
+            gamma=fit.gamma if fit else self._tuning.priors.clock_power_exponent,
+            known_peak=lambda level: self._peak(batch, level, lean=Lean.CENTRAL),
+        )
 
     def _drop_target(self, batch: int, clock: int) -> int:
         """After a cap drop: the highest level at or below ``clock`` estimated under the limit."""
-        for candidate in reversed([c for c in self._clocks if c <= clock]):
-            estimate = self._peak(batch, candidate, lean=Lean.CAUTIOUS)
-            if estimate is not None and estimate <= self.limit_watts:
-                return candidate
-        return self._clocks[0]
+        return highest_level_under(
+            self._clocks,
+            clock,
+            self.limit_watts,
+            lambda level: self._peak(batch, level, lean=Lean.CAUTIOUS),
+        )
 
     def _highest_safe_clock(self, batches: set[int], clock: int) -> int:
         """Climb from ``clock`` through the levels estimated safe for every batch given.
