@@ -42,6 +42,7 @@ from typing import Any
 
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
 from capinfer_sidecar.policies.batchsizer import usable_batch_sizes
+from capinfer_sidecar.policies.caphistory import CapChange, hunting_floor_watts
 from capinfer_sidecar.policies.clocktrim import highest_level_under, level_under_limit
 from capinfer_sidecar.policies.ladder import index_at_or_below, nearest_index
 from capinfer_sidecar.policies.model import Lean, ModelPriors, PlantModel
@@ -200,7 +201,7 @@ class Adaptive(Policy):
         self._state = "idle"
         self._infeasible = False
         """The least-power setting was seen over the cap: held, and reported."""
-        self._cap_changes: list[tuple[float, float, float]] = []
+        self._cap_changes: list[CapChange] = []
         """(time, cap before, cap after) of each cap change, for telling a hunting cap."""
         self._first_sample = True
         """The first sample after start: its interval began before the first settings were
@@ -348,12 +349,11 @@ class Adaptive(Policy):
         """
         if batch <= self._batch:
             return True
-        since = self._now_s - self._tuning.hunt_window_s
-        recent = [(old, new) for at_s, old, new in self._cap_changes if at_s >= since]
-        first_rise = next((i for i, (old, new) in enumerate(recent) if new > old), None)
-        if first_rise is None or not any(new < old for old, new in recent[first_rise + 1 :]):
+        lowest_cap = hunting_floor_watts(
+            self._cap_changes, self._now_s, self._tuning.hunt_window_s, self.settings.cap_watts
+        )
+        if lowest_cap is None:
             return True
-        lowest_cap = min([self.settings.cap_watts, *(min(old, new) for old, new in recent)])
         clock = self._clocks[0] if self._clocks else None
         estimate = self._peak(batch, clock, lean=Lean.CAUTIOUS)
         return estimate is not None and estimate <= lowest_cap * (1.0 - self._tuning.headroom)
