@@ -32,6 +32,11 @@ A cap change is answered in the same decision: on a drop the clock goes down (an
 size too if no clock can hold the new cap); on a rise the clock goes up as far as is known to
 be safe; the planner then starts over with what the table knows. Without clock control the
 same logic works on the batch size alone.
+
+Parts that stand alone (pure, tested on their own): :mod:`.clocktrim` (which clock level a
+cut goes to, by power), :mod:`.caphistory` (whether the cap is hunting), :mod:`.model` and
+:mod:`.table` (what was seen, and the fit). The batch planner and the probing are still
+methods of this class. Which tuning constants matter, and why: :class:`AdaptiveTuning`.
 """
 
 from __future__ import annotations
