@@ -23,6 +23,7 @@ RUN python -m venv /opt/capinfer
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY sidecar/ sidecar/
+COPY node/ node/
 COPY cli/ cli/
 # Build a wheel first so the final venv holds an installed package, never the source tree.
 # pip leaves the venv at the end: the final stage installs nothing.

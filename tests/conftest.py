@@ -68,11 +68,16 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator_process(
     cluster: LocalCluster, crd_installed: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
-    """``capinfer-operator`` watching every namespace; yields its log path."""
+    """``capinfer-operator`` watching every namespace; yields its log path.
+
+    Per module, never per session: two operators on one cluster would both handle every
+    object, each writing the status from its own view under the same field managers. So
+    each operator a test starts is stopped before the next module starts its own.
+    """
     log_path = Path(tmp_path_factory.mktemp("operator")) / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     with log_path.open("wb") as log:

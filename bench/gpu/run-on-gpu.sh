@@ -19,7 +19,7 @@ PYTHON=${PYTHON:-python3}
 MODELS=${MODELS:-resnet50 mobilenet_v2}
 SECONDS_PER_POINT=${SECONDS_PER_POINT:-5}
 BATCH_SIZES=${BATCH_SIZES:-1,2,4,8,16,32,64,128,256}
-export PYTHONPATH="$PWD/operator:$PWD/sidecar:$PWD/cli${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/operator:$PWD/sidecar:$PWD/node:$PWD/cli${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 
 if [[ -n "${OUT:-}" ]]; then

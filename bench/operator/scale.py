@@ -1,19 +1,27 @@
 """How fast the operator handles a burst of PowerCappedInference objects (not a test).
 
-Creates N objects at once (a thread pool of API clients) on the local cluster, with the
-real ``capinfer-operator`` running as a subprocess, and measures for each object the time
-from its creation being accepted by the API server to
+Creates N objects at once (parallel API clients) on the local cluster, with the real
+``capinfer-operator`` running as a subprocess, and measures for each object the time from
+its create request to
 
-* its Deployment being created (a watch on Deployments sees it ADDED), and
+* its Deployment being created (a watch on Deployments sees it ADDED; also from the API
+  server's own creationTimestamps, to the second),
+* its Deployment reporting the pod Ready (the cluster's part), and
 * its status saying Ready=True (a watch on the objects sees it),
 
-plus the operator's CPU time and memory over the burst, read from /proc. kwok plays the
-kubelet of fake GPU nodes added for the run, so every pod is scheduled and becomes Ready.
+plus the operator's CPU time and peak memory over the burst, read from /proc. kwok plays
+the kubelet of fake GPU nodes the benchmark adds (64 GPUs and 110 pods each, enough for
+every pod), so every pod is scheduled and becomes Ready.
 
-    .venv/bin/python bench/operator/scale.py --objects 200 [--cluster NAME] [--out DIR]
+Each count runs twice: with the operator's own settings, and with
+``CAPINFER_KOPF_DEFAULTS=1``, which leaves kopf's and the client's settings at their
+defaults (a baseline for this benchmark only).
 
-Without ``--cluster`` a fresh local cluster is started and stopped; with it, an existing
-one (``capinfer cluster up --name NAME``) is used and left as it was.
+    .venv/bin/python bench/operator/scale.py --objects 200 1000 [--cluster NAME] [--out DIR]
+
+Without ``--cluster`` every run gets a fresh local cluster, stopped after it; with it, an
+existing one (``capinfer cluster up --name NAME``) is used, and each run waits until its
+namespace is deleted, so the next run does not share the API server with a collection.
 """
 
 from __future__ import annotations
@@ -29,14 +37,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
 
 from capinfer.localcluster.cluster import FakeGpuNode, LocalCluster
 
@@ -52,6 +63,8 @@ class Timeline:
     """Wall-clock moments per object, from this process's clock."""
 
     created_s: dict[str, float] = field(default_factory=dict)
+    created_server: dict[str, str] = field(default_factory=dict)
+    deployment_server: dict[str, str] = field(default_factory=dict)
     deployment_s: dict[str, float] = field(default_factory=dict)
     pods_ready_s: dict[str, float] = field(default_factory=dict)
     ready_s: dict[str, float] = field(default_factory=dict)
@@ -91,6 +104,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def summary_s(latencies_s: list[float]) -> dict[str, float]:
+    if not latencies_s:
+        return {"count": 0}
     return {
         "count": len(latencies_s),
         "p50_s": round(percentile(latencies_s, 0.50), 3),
@@ -125,10 +140,19 @@ def follow(
     failures: list[BaseException],
     **list_kwargs: Any,
 ) -> None:
-    """Feed every watch event to ``on_event`` until stopped; a failure is kept, not lost."""
+    """Feed every watch event to ``on_event`` until stopped; a failure is kept, not lost.
+
+    A watch the API server ends (its resource version expired, the stream cut under load)
+    starts again from a fresh list: objects first seen then are marked late, never early."""
     try:
         while not stop.is_set():
-            watch_once(stream, on_event, stop, list_kwargs)
+            try:
+                watch_once(stream, on_event, stop, list_kwargs)
+            except ApiException as error:
+                if error.status not in (None, 410):
+                    raise
+            except urllib3.exceptions.ProtocolError:
+                pass
     except BaseException as error:
         failures.append(error)
         raise
@@ -154,9 +178,18 @@ def is_ready(obj: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def server_seconds(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
 @contextmanager
-def running_operator(cluster: LocalCluster, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_operator(
+    cluster: LocalCluster, log_path: Path, kopf_defaults: bool
+) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    env.pop("CAPINFER_KOPF_DEFAULTS", None)
+    if kopf_defaults:
+        env["CAPINFER_KOPF_DEFAULTS"] = "1"
     argv = [sys.executable, "-m", "capinfer_operator.main", "--all-namespaces", "--standalone",
             "--sidecar-image", "capinfer:bench", "--log-level", "WARNING"]  # fmt: skip
     with log_path.open("wb") as log:
@@ -171,7 +204,10 @@ def running_operator(cluster: LocalCluster, log_path: Path) -> Iterator[subproce
 @contextmanager
 def bench_cluster(name: str | None) -> Iterator[LocalCluster]:
     if name:
-        yield LocalCluster(name)
+        existing = LocalCluster(name)
+        if not existing.status().running:
+            raise SystemExit(f"cluster {name!r} is not running")
+        yield existing
         return
     local = LocalCluster(f"bench-{os.getpid()}")
     local.up(lambda message: print(f"[cluster] {message}", flush=True))
@@ -181,7 +217,9 @@ def bench_cluster(name: str | None) -> Iterator[LocalCluster]:
         local.down()
 
 
-def run(cluster: LocalCluster, objects: int, workers: int, timeout_s: float) -> dict[str, Any]:
+def run(
+    cluster: LocalCluster, objects: int, workers: int, timeout_s: float, kopf_defaults: bool
+) -> dict[str, Any]:
     gpus_needed = objects  # one replica with one GPU each
     nodes = [FakeGpuNode(f"bench-gpu-{i}", gpu_count=64) for i in range(-(-gpus_needed // 64) + 1)]
     for node in nodes:
@@ -202,6 +240,10 @@ def run(cluster: LocalCluster, objects: int, workers: int, timeout_s: float) -> 
         if kind == "DELETED":
             return
         timeline.mark(timeline.deployment_s, deployment.metadata.name)
+        with timeline.lock:
+            timeline.deployment_server.setdefault(
+                deployment.metadata.name, deployment.metadata.creation_timestamp.isoformat()
+            )
         if deployment.status and (deployment.status.ready_replicas or 0) >= 1:
             timeline.mark(timeline.pods_ready_s, deployment.metadata.name)
 
@@ -230,7 +272,7 @@ def run(cluster: LocalCluster, objects: int, workers: int, timeout_s: float) -> 
         ),
     ]
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"capinfer-operator-{namespace}.log"
-    with running_operator(cluster, log_path) as operator:
+    with running_operator(cluster, log_path, kopf_defaults) as operator:
         time.sleep(5)  # let it start and settle before the baseline sample
         for thread in watchers:
             thread.start()
@@ -240,10 +282,12 @@ def run(cluster: LocalCluster, objects: int, workers: int, timeout_s: float) -> 
 
         def create(name: str) -> None:
             timeline.mark(timeline.created_s, name)  # from the request: the conservative end
-            custom.create_namespaced_custom_object(
+            created: Any = custom.create_namespaced_custom_object(
                 "capinfer.io", "v1alpha1", namespace, "powercappedinferences",
                 inference(name, namespace),
             )  # fmt: skip
+            with timeline.lock:
+                timeline.created_server[name] = created["metadata"]["creationTimestamp"]
 
         names = [f"pci-{i:03d}" for i in range(objects)]
         burst_start = time.monotonic()
@@ -261,6 +305,9 @@ def run(cluster: LocalCluster, objects: int, workers: int, timeout_s: float) -> 
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
     for node in nodes:
         cluster.kubectl("delete", "node", node.name, "--wait=false", check=False)
+    # On a cluster that lives on, the next run must not share it with this collection.
+    cluster.kubectl("wait", "--for=delete", f"namespace/{namespace}", "--timeout=900s",
+                    check=False, timeout_s=960)  # fmt: skip
 
     missing = sorted(set(names) - set(timeline.ready_s))
     to_deployment = [timeline.deployment_s[n] - timeline.created_s[n] for n in names
@@ -271,13 +318,19 @@ def run(cluster: LocalCluster, objects: int, workers: int, timeout_s: float) -> 
                   if n in timeline.ready_s and n in timeline.pods_ready_s]  # fmt: skip
     to_ready = [timeline.ready_s[n] - timeline.created_s[n] for n in names
                 if n in timeline.ready_s]  # fmt: skip
+    by_server = [
+        server_seconds(timeline.deployment_server[n]) - server_seconds(timeline.created_server[n])
+        for n in names if n in timeline.deployment_server and n in timeline.created_server
+    ]  # fmt: skip
     return {
         "objects": objects,
+        "settings": "kopf defaults" if kopf_defaults else "capinfer",
         "create_workers": workers,
         "burst_create_s": round(burst_s, 2),
         "all_ready_after_s": round(all_ready_s, 2),
         "not_ready_in_time": missing,
         "create_to_deployment": summary_s(to_deployment),
+        "create_to_deployment_server_clock": summary_s(by_server),
         "create_to_pods_ready": summary_s(to_pods_ready),
         "create_to_ready": summary_s(to_ready),
         "pods_ready_to_status_ready": summary_s(status_lag),
@@ -296,68 +349,84 @@ def run(cluster: LocalCluster, objects: int, workers: int, timeout_s: float) -> 
     }
 
 
-def report(results: dict[str, Any]) -> str:
-    deploy, pods, ready, lag, operator = (
-        results["create_to_deployment"], results["create_to_pods_ready"],
-        results["create_to_ready"], results["pods_ready_to_status_ready"], results["operator"],
-    )  # fmt: skip
+ROWS = [
+    ("create_to_deployment", "creation -> Deployment"),
+    ("create_to_deployment_server_clock", "creation -> Deployment, server timestamps (1 s steps)"),
+    ("create_to_pods_ready", "creation -> Deployment's pod Ready (the cluster's part)"),
+    ("create_to_ready", "creation -> status Ready=True"),
+    ("pods_ready_to_status_ready", "pod Ready -> status Ready (the operator's lag)"),
+]
+
+
+def report(runs: Sequence[dict[str, Any]]) -> str:
+    first = runs[0]["machine"]
     lines = [
-        f"# Operator under a burst of {results['objects']} PowerCappedInference objects",
+        "# The operator under a burst of PowerCappedInference objects",
         "",
         "`.venv/bin/python bench/operator/scale.py --objects "
-        f"{results['objects']}` on the local cluster (kube-apiserver, etcd, controller-manager,"
-        " scheduler built from source; kwok fake GPU nodes), this machine: "
-        f"{results['machine']['cpus']} CPUs, 1-minute load average "
-        f"{results['machine']['load_average_1m_before']} before the burst.",
+        f"{' '.join(str(n) for n in sorted({r['objects'] for r in runs}))}`: each run on a"
+        " fresh local cluster (kube-apiserver, etcd, controller-manager, scheduler built from"
+        " source; kwok fake GPU nodes added by the benchmark), on this machine: "
+        f"{first['cpus']} CPUs shared with other work (1-minute load average before each"
+        " burst below). `kopf defaults` is the same operator with `CAPINFER_KOPF_DEFAULTS=1`.",
         "",
-        f"All objects were created by {results['create_workers']} client threads in "
-        f"{results['burst_create_s']} s; the last became Ready "
-        f"{results['all_ready_after_s']} s after the first create call.",
-        "",
-        "| from the object's creation to | p50 | p99 | max | mean |",
-        "|---|---|---|---|---|",
-        f"| its Deployment created | {deploy['p50_s']} s | {deploy['p99_s']} s |"
-        f" {deploy['max_s']} s | {deploy['mean_s']} s |",
-        f"| its Deployment's pod Ready (the cluster's part) | {pods['p50_s']} s |"
-        f" {pods['p99_s']} s | {pods['max_s']} s | {pods['mean_s']} s |",
-        f"| its status Ready=True (the operator reporting it) | {ready['p50_s']} s |"
-        f" {ready['p99_s']} s | {ready['max_s']} s | {ready['mean_s']} s |",
-        "",
-        "| from the pod Ready (per the Deployment) to the status Ready | p50 | p99 | max | mean |",
-        "|---|---|---|---|---|",
-        f"| the operator's lag | {lag['p50_s']} s | {lag['p99_s']} s | {lag['max_s']} s |"
-        f" {lag['mean_s']} s |",
-        "",
-        "| operator | |",
-        "|---|---|",
-        f"| CPU time over the burst | {operator['cpu_s']} s"
-        f" ({operator['cpu_ms_per_object']} ms per object) |",
-        f"| resident memory before / after | {operator['rss_before_mib']} MiB /"
-        f" {operator['rss_after_mib']} MiB |",
-        f"| peak resident memory | {operator['peak_rss_mib']} MiB |",
+        "| objects | settings | load before | created in | last Ready after |"
+        " operator CPU | CPU per object | peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    if results["not_ready_in_time"]:
-        lines += ["", f"Not Ready in time: {', '.join(results['not_ready_in_time'])}"]
+    for r in runs:
+        op = r["operator"]
+        lines.append(
+            f"| {r['objects']} | {r['settings']} | {r['machine']['load_average_1m_before']} |"
+            f" {r['burst_create_s']} s | {r['all_ready_after_s']} s | {op['cpu_s']} s |"
+            f" {op['cpu_ms_per_object']} ms | {op['peak_rss_mib']} MiB |"
+        )
+    lines += ["", "| objects | settings | from | p50 | p99 | max |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        for key, title in ROWS:
+            row = r[key]
+            if row.get("count"):
+                lines.append(
+                    f"| {r['objects']} | {r['settings']} | {title} | {row['p50_s']} s |"
+                    f" {row['p99_s']} s | {row['max_s']} s |"
+                )
+    for r in runs:
+        if r["not_ready_in_time"]:
+            lines += ["", f"{r['objects']} objects, {r['settings']}: not Ready in time:"
+                      f" {len(r['not_ready_in_time'])}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--objects", type=int, default=200, help="objects to create (200)")
-    parser.add_argument("--workers", type=int, default=16, help="client threads creating (16)")
+    parser.add_argument("--objects", type=int, nargs="+", default=[200],
+                        help="burst sizes, each a run of its own (200)")  # fmt: skip
+    parser.add_argument(
+        "--settings", nargs="+", choices=["capinfer", "kopf-defaults"],
+        default=["capinfer", "kopf-defaults"],
+        help="the operator's own settings, kopf's defaults, or both (both)",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=int, default=8, help="parallel creating clients (8)")
     parser.add_argument("--cluster", help="an existing local cluster's name (default: a new one)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for Ready")
     parser.add_argument("--out", type=Path, help="folder for report.md and results.json")
     args = parser.parse_args()
-    with bench_cluster(args.cluster) as cluster:
-        results = run(cluster, args.objects, args.workers, args.timeout)
-    text = report(results)
+    runs = []
+    for objects in args.objects:
+        for settings in args.settings:
+            print(f"[bench] {objects} objects, {settings}", flush=True)
+            with bench_cluster(args.cluster) as cluster:
+                runs.append(
+                    run(cluster, objects, args.workers, args.timeout, settings == "kopf-defaults")
+                )
+            print(json.dumps(runs[-1]), flush=True)
+    text = report(runs)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "results.json").write_text(json.dumps(runs, indent=2) + "\n")
         (args.out / "report.md").write_text(text)
-    return 1 if results["not_ready_in_time"] else 0
+    return 1 if any(r["not_ready_in_time"] for r in runs) else 0
 
 
 if __name__ == "__main__":

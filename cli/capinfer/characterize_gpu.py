@@ -182,6 +182,7 @@ def run_characterize(args: argparse.Namespace) -> int:
     torch, torchvision = import_torch()
     if not torch.cuda.is_available():
         raise UserError("PyTorch sees no CUDA GPU: capinfer characterize measures a real one")
+    from capinfer_node_agent.nvml import NvmlControls  # noqa: PLC0415
     from capinfer_sidecar.gpu import GpuError  # noqa: PLC0415 (NVML only for this command)
     from capinfer_sidecar.gpu.nvml import NvmlSession  # noqa: PLC0415
 
@@ -205,7 +206,13 @@ def run_characterize(args: argparse.Namespace) -> int:
             idle = measure_idle(meter, args.idle_seconds)
             if args.clock_sweep:
                 clocks = pick_clocks(supported, args.clock_count)
-                result = clock_sweep(runner, meter, gpu, clocks, settings, progress=_print_point)
+                # The clock sweep runs as root and sets clocks as the node agent does.
+                from capinfer_node_agent.nvml import NvmlControls  # noqa: PLC0415
+
+                controls = NvmlControls(gpu)
+                result = clock_sweep(
+                    runner, meter, controls, clocks, settings, progress=_print_point
+                )
             else:
                 result = sweep(runner, meter, settings, progress=_print_point)
     except GpuError as error:

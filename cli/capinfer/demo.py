@@ -3,8 +3,12 @@
 A local cluster with fake GPU nodes → the operator → a sample PowerCappedInference → its
 pod, scheduled and Running on a fake node, whose containers then really run here: Triton
 (the ``simbatch`` model) and the sidecar with the command and environment of the rendered
-pod spec, on a virtual GPU. A load generator saturates Triton; the cap is lowered and
-raised mid-run with ``kubectl patch``; live progress, then a summary and a plot.
+pod spec, on a virtual GPU. The node agent runs here too, as the node's DaemonSet pod
+would: with the chart's RBAC, the kubelet's pod-resources API served from its published
+proto (kwok has no kubelet), and the virtual GPU's knobs, which it sets for the pod's
+sidecar (locked clocks, the board power limit at the cap) and resets once the pod is gone.
+A load generator saturates Triton; the cap is lowered and raised mid-run with
+``kubectl patch``; live progress, then a summary and a plot.
 """
 
 from __future__ import annotations
@@ -22,16 +26,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from capinfer.errors import UserError
+from capinfer.localagent import LocalNodeAgent
 from capinfer.localcluster.cluster import LocalCluster
 from capinfer.localpod import LocalPod, SidecarSample
+from capinfer.podresources import PodResourcesServer
 from capinfer.testmodels import SimBatchSpec
 from capinfer.tritonload import ClosedLoopLoad, LoadCounts
+from capinfer_sidecar.gpu.virtual import VIRTUAL_UUID, read_controls
 
 CRD_FILE = "capinfer.io_powercappedinferences.yaml"
 NAMESPACE = "capinfer-demo"
 OBJECT = "resnet-demo"
 MODEL = "simbatch"
+AGENT_RELEASE = "capinfer-demo"
+AGENT_AUDIENCE = "capinfer-node-agent"
+RESET_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -57,15 +69,25 @@ class DemoResult:
     pod_name: str = ""
     status_caps: list[float] = field(default_factory=list)
     """capWatts of the pod's status entry, read after each cap change settled."""
+    power_limits: list[float | None] = field(default_factory=list)
+    """The board power limit the node agent set and read back, at the same moments."""
+    backstop_notes: list[str | None] = field(default_factory=list)
+    """The status entry's backstopMessage at the same moments (a cap below the minimum)."""
+    gpu_reset_s: float | None = None
+    """Seconds from deleting the object to the agent resetting the GPU's knobs."""
     cleaned_up: bool = False
 
 
-def find_crd() -> Path:
+def find_in_repository(relative: str) -> Path:
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = base / "crds" / CRD_FILE
+        candidate = base / relative
         if candidate.exists():
             return candidate
-    raise UserError(f"cannot find crds/{CRD_FILE}; run the demo from the repository")
+    raise UserError(f"cannot find {relative}; run the demo from the repository")
+
+
+def find_crd() -> Path:
+    return find_in_repository(f"crds/{CRD_FILE}")
 
 
 def sidecar_command(container: dict[str, Any]) -> list[str]:
@@ -143,13 +165,22 @@ class Demo:
                              "crd/powercappedinferences.capinfer.io", "--timeout=60s")  # fmt: skip
         self.cluster.kubectl("create", "namespace", NAMESPACE, check=False)
 
+    @property
+    def agent_dir(self) -> Path:
+        return self.work_dir / "node-agent"
+
+    @property
+    def gpu_controls(self) -> Path:
+        return self.work_dir / "gpu-controls.json"
+
     def start_operator(self) -> None:
         log_path = self.work_dir / "operator.log"
         self.say(f"starting capinfer-operator (log: {log_path})")
+        agent_address = f"unix://{self.agent_dir / 'agent.sock'}"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "capinfer_operator.main", "--namespace", NAMESPACE,
-                 "--standalone"],
+                 "--standalone", "--node-agent-address", agent_address],
                 stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
             )  # fmt: skip
@@ -189,8 +220,49 @@ class Demo:
             time.sleep(0.5)
         raise UserError("the operator's pod never became Running; see operator.log")
 
+    def start_node_agent(self, pod: dict[str, Any]) -> LocalNodeAgent:
+        """The agent of the pod's node, here, with the chart's RBAC and a stand-in kubelet."""
+        node = pod["spec"]["nodeName"]
+        rendered = subprocess.run(
+            [str(self.cluster.binaries.path("helm")), "template", AGENT_RELEASE,
+             str(find_in_repository("helm/capinfer")), "--namespace", NAMESPACE,
+             "--kube-version", "1.34.4", "--show-only", "templates/nodeagent.yaml"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout  # fmt: skip
+        kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+        rbac_docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in kinds]
+        rbac = yaml.safe_dump_all(rbac_docs)
+        self.cluster.kubectl("apply", "-f", "-", input_text=rbac)
+        self._stack.callback(
+            self.cluster.kubectl, "delete", "-f", "-", "--wait=false", input_text=rbac, check=False
+        )
+        account = next(d["metadata"]["name"] for d in rbac_docs if d["kind"] == "ServiceAccount")
+        kubeconfig = self.cluster.service_account_kubeconfig(
+            NAMESPACE, account, self.work_dir / "node-agent.kubeconfig"
+        )
+        kubelet = PodResourcesServer(self.work_dir / "kubelet" / "pod-resources.sock").start()
+        self._stack.callback(kubelet.stop)
+        kubelet.assign(NAMESPACE, pod["metadata"]["name"], "triton", [VIRTUAL_UUID])
+        self.gpu_controls.unlink(missing_ok=True)
+        agent = LocalNodeAgent(
+            self.agent_dir, node, kubeconfig, kubelet.socket_path, {VIRTUAL_UUID: self.gpu_controls}
+        )
+        self.say(f"starting capinfer-node-agent for node {node} (log: {agent.log_path})")
+        agent.start()
+        self._stack.callback(agent.stop)
+        return agent
+
+    def wait_gpu_reset(self, since_s: float) -> float | None:
+        """Seconds until the agent gave the GPU back its defaults; None if it never did."""
+        while time.monotonic() - since_s < RESET_WAIT_S:
+            knobs = read_controls(self.gpu_controls)
+            if knobs.get("locked_sm_clock_mhz") is None and knobs.get("power_limit_watts") is None:
+                return time.monotonic() - since_s
+            time.sleep(0.1)
+        return None
+
     @contextmanager
-    def local_pod(self, pod: dict[str, Any]) -> Iterator[LocalPod]:
+    def local_pod(self, pod: dict[str, Any], agent: LocalNodeAgent) -> Iterator[LocalPod]:
         """Run the pod's containers here, from its rendered spec."""
         containers = {c["name"]: c for c in pod["spec"]["containers"]}
         triton_args = containers["triton"]["args"]
@@ -203,12 +275,24 @@ class Demo:
             NAMESPACE, account, self.work_dir / "sidecar.kubeconfig"
         )
         env["KUBECONFIG"] = str(kubeconfig)
+        # The pod's projected token for the agent, as the kubelet would write it, and the
+        # agent of its node: node-local things, mapped to here like the API token above.
+        token = self.cluster.kubectl(
+            "create", "token", account, "-n", NAMESPACE, "--bound-object-kind=Pod",
+            f"--bound-object-name={pod['metadata']['name']}", f"--audience={AGENT_AUDIENCE}",
+        ).stdout.strip()  # fmt: skip
+        token_path = self.work_dir / "node-agent.token"
+        token_path.write_text(token)
+        env["CAPINFER_NODE_AGENT"] = agent.address
+        env["CAPINFER_NODE_AGENT_TOKEN"] = str(token_path)
         local = LocalPod(
             self.work_dir / "pod",
             ["--status-interval", "2"],
             model=SimBatchSpec(name=MODEL, max_batch_size=8, max_supported_batch_size=256),
             env=env,
             sidecar_command=sidecar_command(sidecar),
+            virtual_controls=self.gpu_controls,
+            local_agent=False,  # the node's agent, started above, serves this pod
         )
         self.say("starting the pod's containers here: tritonserver + capinfer-sidecar "
                  f"(as ServiceAccount {account})")  # fmt: skip
@@ -240,7 +324,7 @@ class Demo:
                                   concurrency=plan.concurrency) as load:  # fmt: skip
             while (elapsed := time.monotonic() - start) < plan.duration_s:
                 if steps and elapsed >= steps[0].at_s:
-                    self.result.status_caps.append(float(self.status_entry().get("capWatts", 0)))
+                    self._record_status()
                     step = steps.pop(0)
                     self.say(f"kubectl patch pci {OBJECT}: capWatts {step.cap_watts:g}")
                     await asyncio.to_thread(self.patch_cap, step.cap_watts)
@@ -252,8 +336,15 @@ class Demo:
                     next_report += plan.report_every_s
                     self.say(_progress_line(elapsed, sample))
                 await asyncio.sleep(0.25)
-            self.result.status_caps.append(float(self.status_entry().get("capWatts", 0)))
+            self._record_status()
             self.result.load = await load.stop()
+
+    def _record_status(self) -> None:
+        entry = self.status_entry()
+        self.result.status_caps.append(float(entry.get("capWatts", 0)))
+        limit = entry.get("powerLimitWatts")
+        self.result.power_limits.append(float(limit) if limit is not None else None)
+        self.result.backstop_notes.append(entry.get("backstopMessage"))
 
     def delete_object(self) -> None:
         self.cluster.kubectl("delete", "pci", OBJECT, "-n", NAMESPACE, "--wait=false", check=False)
@@ -278,8 +369,15 @@ class Demo:
             if self._run_operator:
                 self.start_operator()
             pod = self.create_object()
-            with self.local_pod(pod) as local:
+            agent = self.start_node_agent(pod)
+            with self.local_pod(pod, agent) as local:
                 asyncio.run(self.drive(local))
+            deleted = time.monotonic()
+            self.say(
+                f"kubectl delete pci {OBJECT}: the node agent resets the GPU once the pod is gone"
+            )
+            self.delete_object()
+            self.result.gpu_reset_s = self.wait_gpu_reset(deleted)
         finally:
             self.close()
         return self.result
@@ -356,6 +454,12 @@ def print_summary(result: DemoResult, plan: DemoPlan, say: Callable[[str], None]
         say(f"requests: {result.load.succeeded} succeeded, {result.load.failed} failed,"
             f" {result.load.wrong} wrong answers")  # fmt: skip
     say(f"the object's status followed the caps: {result.status_caps}")
+    limits = ", ".join("-" if w is None else f"{w:g} W" for w in result.power_limits)
+    say(f"board power limit set by the node agent, read back: {limits}")
+    for note in filter(None, result.backstop_notes):
+        say(f"  status: {note}")
+    reset = "never" if result.gpu_reset_s is None else f"{result.gpu_reset_s:.1f} s after"
+    say(f"GPU clocks and limit back to defaults: {reset} the object was deleted")
     say(f"deleting the object removed every child: {'yes' if result.cleaned_up else 'NO'}")
 
 

@@ -4,6 +4,11 @@ The ``simbatch`` model runs in Triton's Python backend and reports every batch t
 sidecar's virtual GPU, which publishes the batch latency at its SM clock back to the model:
 the control loop is closed through real inference, on a machine without a GPU. Tests and
 the demo use it; the demo takes the sidecar's command line from the rendered pod spec.
+
+By default the pod comes with a node agent of its own, as a host without Kubernetes runs
+it (``--auth local``): the sidecar locks the virtual GPU's clocks through it, as it would
+on a real node. ``local_agent=False`` leaves it out (batch size alone, or the caller's own
+agent through ``--node-agent`` and ``virtual_controls``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from capinfer.localagent import LocalNodeAgent
 from capinfer.localcluster.cluster import free_port
 from capinfer.testmodels import SimBatchSpec, write_model_repository
 from capinfer.tritonlocal import LocalTritonServer
@@ -96,6 +102,11 @@ class LocalPod:
     """Environment of the sidecar on top of this process's (a pod spec's env, say)."""
     sidecar_command: Sequence[str] = (sys.executable, "-m", "capinfer_sidecar.main")
     """How the sidecar starts: the pod spec's command, or this Python's module."""
+    virtual_controls: Path | None = None
+    """The virtual GPU's controls file, when a node agent sets its knobs."""
+    local_agent: bool = True
+    """Run a node agent for this pod (``--auth local``) and point the sidecar at it."""
+    agent: LocalNodeAgent | None = field(default=None, init=False)
     triton: LocalTritonServer | None = field(default=None, init=False)
     sidecar: subprocess.Popen[bytes] | None = field(default=None, init=False)
     metrics_port: int = field(default=0, init=False)
@@ -138,6 +149,17 @@ class LocalPod:
             repository, self.work_dir / "triton", load_models=[model.name], stop_timeout_s=8.0
         )
         self.triton.start()
+        agent_args: list[str] = []
+        if self.local_agent:
+            from capinfer_sidecar.gpu.virtual import VIRTUAL_UUID  # noqa: PLC0415
+
+            self.virtual_controls = self.work_dir / "gpu-controls.json"
+            self.agent = LocalNodeAgent(
+                self.work_dir / "node-agent", "localhost", None, None,
+                {VIRTUAL_UUID: self.virtual_controls},
+                virtual_profile=self.virtual_profile, virtual_workload=self.virtual_workload,
+            ).start()  # fmt: skip
+            agent_args = ["--node-agent", self.agent.address]
         self.metrics_port = free_port()
         # Flags that point the sidecar at the local processes; they win over the env.
         argv = [
@@ -151,7 +173,8 @@ class LocalPod:
             "--batch-report-socket", str(self.report_socket),
             "--latency-table", str(self.latency_table),
             "--metrics-address", f"127.0.0.1:{self.metrics_port}",
-            "--state-dir", str(self.work_dir / "state"),
+            *(["--virtual-controls", str(self.virtual_controls)] if self.virtual_controls else []),
+            *agent_args,
             *self.sidecar_args,
         ]  # fmt: skip
         with self.sidecar_log.open("ab") as log:
@@ -216,6 +239,9 @@ class LocalPod:
         if self.triton is not None:
             self.triton.stop()
             self.triton = None
+        if self.agent is not None:
+            self.agent.stop()
+            self.agent = None
         return code
 
     def __enter__(self) -> LocalPod:

@@ -2,10 +2,19 @@
 
 No I/O and no kopf here: the handlers parse, build, adopt and apply. What goes into the pod
 template is chosen so that a change of ``spec.power`` never rolls the pods (the sidecars
-watch the object and apply it live), while anything that changes what the containers run
-does -- with one exception, ``power.clockControl.enabled``, which changes the sidecar's
-privileges and so must restart it. The Deployment carries a hash of its pod template
+watch the object and apply it live, ``clockControl.enabled`` included), while anything that
+changes what the containers run does. The Deployment carries a hash of its pod template
 (``capinfer.io/template-hash``) so the operator can tell a user when a change rolls pods.
+
+Least privilege, whatever the object says: no container is privileged or holds a
+capability. The sidecar runs as UID 65532 with every capability dropped; the privileged GPU
+knobs (locked clocks, the board power limit) belong to the node agent, which the sidecar
+reaches at the address the operator was given (``--node-agent-address``; never a field of
+the object) with a ServiceAccount token projected for the agent's audience alone. Triton
+gets no token at all: ``automountServiceAccountToken`` is off for the pod and the sidecar
+alone mounts a projected token volume. Every container meets the PodSecurity ``restricted``
+profile (non-root, no privilege escalation, all capabilities dropped, RuntimeDefault
+seccomp); Triton runs as UID 1000, the ``triton-server`` user of NVIDIA's images.
 
 How the sidecar reaches Triton's GPUs: the device plugin injects the GPUs it allocated
 into the container that requested them (Triton) only, and the sidecar must not request
@@ -36,14 +45,25 @@ TRITON_GRPC_PORT = 8001
 TRITON_METRICS_PORT = 8002
 SIDECAR_METRICS_PORT = 9400
 MODEL_MOUNT = "/models"
-STATE_MOUNT = "/run/capinfer"
 SIDECAR_UID = 65532
+TRITON_UID = 1000
+"""The ``triton-server`` user of NVIDIA's Triton images; the model repository must be
+readable by it."""
+API_TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+AGENT_TOKEN_MOUNT = "/var/run/secrets/capinfer.io/node-agent"
+NODE_AGENT_AUDIENCE = "capinfer-node-agent"
+"""The audience of the sidecar's token for the node agent: no other server accepts it."""
+AGENT_TOKEN_EXPIRY_S = 600
+API_TOKEN_EXPIRY_S = 3607
+"""The kubelet refreshes both tokens at 80 % of their life; the sidecar rereads them."""
 DEFAULT_SIDECAR_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}}
 DEFAULT_STARTUP_TIMEOUT_S = 600
 """spec.triton.startupTimeoutSeconds when unset: big TensorRT models load for minutes."""
 STARTUP_PROBE_PERIOD_S = 10
 STARTUP_PROBE_MARGIN_S = 30
 TEMPLATE_HASH_ANNOTATION = f"{GROUP}/template-hash"
+DEVICE_ENV = ("NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
+"""Variables the NVIDIA runtime reads to expose GPUs: an object must not pick its own."""
 
 Manifest = dict[str, Any]
 
@@ -105,6 +125,12 @@ def _repository(spec: Mapping[str, Any]) -> tuple[str, list[Manifest], list[Mani
         return MODEL_MOUNT, [volume], [mount]
     if "volume" in repo:
         source = dict(repo["volume"])
+        if "hostPath" in source:
+            raise SpecError(
+                "spec.triton.modelRepository.volume: hostPath would give the pod the node's"
+                " files; use a persistentVolumeClaim (a hostPath PersistentVolume is the"
+                " cluster administrator's choice)"
+            )
         if "name" in source or len(source) != 1:
             raise SpecError(
                 "spec.triton.modelRepository.volume: give exactly one volume source"
@@ -149,27 +175,70 @@ def clock_control_enabled(spec: Mapping[str, Any]) -> bool:
     return bool(spec["power"].get("clockControl", {}).get("enabled", True))
 
 
-def sidecar_security_context(clock_control: bool) -> Manifest:
-    """Least privilege, except what locking SM clocks through NVML really needs."""
-    base: Manifest = {
+def restricted_security_context(uid: int) -> Manifest:
+    """What the PodSecurity ``restricted`` profile asks of a container, and a fixed UID."""
+    return {
         "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    if clock_control:
-        # nvmlDeviceSetGpuLockedClocks needs root and CAP_SYS_ADMIN; nothing else is added.
-        return {
-            **base,
-            "runAsUser": 0,
-            "runAsNonRoot": False,
-            "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]},
-        }
-    return {
-        **base,
-        "runAsUser": SIDECAR_UID,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
+
+
+def sidecar_security_context() -> Manifest:
+    """The sidecar only reads: NVML readings, its object, Triton. Nothing else, ever."""
+    return {**restricted_security_context(SIDECAR_UID), "readOnlyRootFilesystem": True}
+
+
+def token_volumes() -> list[Manifest]:
+    """The sidecar's credentials, projected for it alone (Triton mounts neither)."""
+    return [
+        {
+            "name": "capinfer-api-token",
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "path": "token",
+                            "expirationSeconds": API_TOKEN_EXPIRY_S,
+                        }
+                    },
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [
+                                {
+                                    "path": "namespace",
+                                    "fieldRef": {"fieldPath": "metadata.namespace"},
+                                }
+                            ]
+                        }
+                    },
+                ]
+            },
+        },
+        {
+            "name": "capinfer-node-agent-token",
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "path": "token",
+                            "audience": NODE_AGENT_AUDIENCE,
+                            "expirationSeconds": AGENT_TOKEN_EXPIRY_S,
+                        }
+                    }
+                ]
+            },
+        },
+    ]
 
 
 def _field_env(name: str, path: str) -> Manifest:
@@ -187,7 +256,9 @@ def startup_probe_failures(timeout_s: int) -> int:
     return math.ceil((timeout_s + STARTUP_PROBE_MARGIN_S) / STARTUP_PROBE_PERIOD_S)
 
 
-def sidecar_container(target: Target, spec: Mapping[str, Any], default_image: str) -> Manifest:
+def sidecar_container(
+    target: Target, spec: Mapping[str, Any], default_image: str, node_agent: str = ""
+) -> Manifest:
     sidecar = spec.get("sidecar", {})
     image = sidecar.get("image") or default_image
     if not image:
@@ -211,7 +282,9 @@ def sidecar_container(target: Target, spec: Mapping[str, Any], default_image: st
                 "value": f"http://127.0.0.1:{TRITON_METRICS_PORT}/metrics",
             },
             {"name": "CAPINFER_METRICS_ADDRESS", "value": f"0.0.0.0:{SIDECAR_METRICS_PORT}"},
-            {"name": "CAPINFER_STATE_DIR", "value": STATE_MOUNT},
+            # The node agent sets clocks and the board limit; empty: batch size alone.
+            {"name": "CAPINFER_NODE_AGENT", "value": node_agent},
+            {"name": "CAPINFER_NODE_AGENT_TOKEN", "value": f"{AGENT_TOKEN_MOUNT}/token"},
             {"name": "CAPINFER_LOG_LEVEL", "value": str(sidecar.get("logLevel", "INFO"))},
             {"name": "CAPINFER_STARTUP_TIMEOUT_S", "value": str(startup_timeout_s(spec))},
             # The device plugin hands GPUs to the Triton container only; the sidecar sees
@@ -238,8 +311,11 @@ def sidecar_container(target: Target, spec: Mapping[str, Any], default_image: st
             "periodSeconds": 5,
         },
         "resources": sidecar.get("resources") or DEFAULT_SIDECAR_RESOURCES,
-        "securityContext": sidecar_security_context(clock_control_enabled(spec)),
-        "volumeMounts": [{"name": "capinfer-state", "mountPath": STATE_MOUNT}],
+        "securityContext": sidecar_security_context(),
+        "volumeMounts": [
+            {"name": "capinfer-api-token", "mountPath": API_TOKEN_MOUNT, "readOnly": True},
+            {"name": "capinfer-node-agent-token", "mountPath": AGENT_TOKEN_MOUNT, "readOnly": True},
+        ],
     }
     if sidecar.get("imagePullPolicy"):
         container["imagePullPolicy"] = sidecar["imagePullPolicy"]
@@ -275,9 +351,16 @@ def triton_container(spec: Mapping[str, Any], repository: str, mounts: list[Mani
             "failureThreshold": 6,
         },
         "resources": resources,
+        "securityContext": restricted_security_context(TRITON_UID),
         "volumeMounts": mounts,
     }
     if triton.get("env"):
+        for variable in triton["env"]:
+            if str(variable.get("name", "")) in DEVICE_ENV:
+                raise SpecError(
+                    f"spec.triton.env: {variable.get('name')} is set by the device plugin (it"
+                    " picks the GPUs Triton may use); request GPUs with gpusPerReplica"
+                )
         container["env"] = list(triton["env"])
     if triton.get("imagePullPolicy"):
         container["imagePullPolicy"] = triton["imagePullPolicy"]
@@ -291,16 +374,24 @@ def template_hash(template: Manifest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def build_deployment(target: Target, spec: Mapping[str, Any], default_image: str) -> Manifest:
+def build_deployment(
+    target: Target, spec: Mapping[str, Any], default_image: str, node_agent: str = ""
+) -> Manifest:
     repository, volumes, mounts = _repository(spec)
     pod_spec: Manifest = {
         "serviceAccountName": target.sidecar_account,
+        # No container gets a token by default: the sidecar mounts its own, Triton none.
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "terminationGracePeriodSeconds": int(spec.get("terminationGracePeriodSeconds", 60)),
         "containers": [
             triton_container(spec, repository, mounts),
-            sidecar_container(target, spec, default_image),
+            sidecar_container(target, spec, default_image, node_agent),
         ],
-        "volumes": [*volumes, {"name": "capinfer-state", "emptyDir": {"medium": "Memory"}}],
+        "volumes": [*volumes, *token_volumes()],
     }
     for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
         if spec.get(key):
@@ -395,12 +486,24 @@ def build_role_binding(target: Target) -> Manifest:
     }
 
 
-def build_children(target: Target, spec: Mapping[str, Any], default_image: str) -> list[Manifest]:
-    """Every child, in the order they should be applied (RBAC before the pods need it)."""
+def build_children(
+    target: Target, spec: Mapping[str, Any], default_image: str, node_agent: str = ""
+) -> list[Manifest]:
+    """Every child, in the order they are applied.
+
+    The ServiceAccount first: a pod naming an account that does not exist is refused. Then
+    the Deployment, as early as it can be. The sidecar's Role and RoleBinding follow (a
+    sidecar starting before them retries its watch), and the Service comes last: the API
+    server allocates ClusterIPs one at a time, so under a burst a Service is the slowest
+    child by far and must not hold back the pods.
+
+    ``node_agent`` is where sidecars reach the node agent (the operator's setting, never
+    the object's); empty: no agent, the sidecars control the batch size alone.
+    """
     return [
         build_service_account(target),
+        build_deployment(target, spec, default_image, node_agent),
         build_role(target),
         build_role_binding(target),
         build_service(target),
-        build_deployment(target, spec, default_image),
     ]

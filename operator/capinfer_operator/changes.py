@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# Power fields are live (the sidecars watch the object) except this one, which changes the
-# sidecar's privileges and so is part of the pod template.
-TEMPLATE_POWER_FIELDS = ("spec.power.clockControl.enabled",)
+# Power fields are all live: the sidecars watch the object. (clockControl.enabled once
+# changed the sidecar's privileges; the node agent holds those now.)
+TEMPLATE_POWER_FIELDS: tuple[str, ...] = ()
 
 
 def changed_fields(old: Any, new: Any, path: str = "spec") -> list[str]:

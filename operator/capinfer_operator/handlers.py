@@ -1,24 +1,37 @@
 """kopf handlers: parse, build, adopt, apply. The decisions live in the pure modules.
 
-The blocking official client never runs on the event loop. The reconciling handlers are
-synchronous, so kopf runs them in its thread pool; the event handlers that only carry state
-into the status are async and write through a small pool of their own, so a burst of new
-objects queued for the first pool never holds back a Ready that is already true. Deletion
-needs no handler: every child carries an owner reference, and the garbage collector removes
-them with the object.
+The blocking official client never runs on the event loop: every handler is a coroutine
+that hands its API calls to one of four thread pools, each a FIFO queue of its own, so one
+kind of slow work cannot hold back another under a burst of objects:
+
+- ``pods``: what the pods need first, the ServiceAccount and the Deployment: under a burst,
+  every object's Deployment goes out before any object's other writes;
+- ``apply``: the sidecar's Role and RoleBinding, and the status a reconcile writes;
+- ``service``: the Services, which the API server creates one at a time (it allocates each
+  ClusterIP in turn): a few threads keep it busy, and a burst of them never holds a thread
+  while other objects' Deployments wait;
+- ``status``: the writes that carry a Deployment's state or the sidecars' reports into the
+  status, so a queue of new objects never holds back a Ready that is already true.
+
+The ``pods`` pool goes first: while any of its calls waits or runs, calls for the other
+pools wait before they are queued (:class:`PodsFirst`), so under a burst the API server
+spends itself on Deployments before anything else. A handler waiting for a thread is a
+coroutine, not a held thread. Deletion needs no
+handler: every child carries an owner reference, and the garbage collector removes them
+with the object.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-import copy
 import functools
 import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
@@ -45,7 +58,6 @@ from capinfer_operator.kube import (
     api_message,
     is_transient,
     namespace_terminating,
-    template_hash_of,
 )
 from capinfer_operator.replicabook import ObjectKey, ReplicaBook, SpecSeen
 from capinfer_operator.status import (
@@ -57,12 +69,43 @@ from capinfer_operator.status import (
     removal_patch,
     stale_pods,
     updated_conditions,
+    without_time,
 )
 
 SIDECAR_IMAGE_ENV = "CAPINFER_SIDECAR_IMAGE"
+KOPF_DEFAULTS_ENV = "CAPINFER_KOPF_DEFAULTS"
+"""Set to 1, the operator leaves kopf's and the client's tuning at their defaults: a
+benchmark baseline (bench/operator), never a way to run it."""
+PEERING_LIFETIME_ENV = "CAPINFER_PEERING_LIFETIME"
+PEERING_LIFETIME_S = 15
+"""How long a replica's keep-alive is valid (kopf's default is 60 s): the longest another
+replica waits to take over after the active one died without a word."""
+
+NODE_AGENT_ENV = "CAPINFER_NODE_AGENT_ADDRESS"
+"""Where sidecars reach the node agent (the chart sets it when it installs the agent)."""
+
+
+def render_children(target: Target, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The children, with the operator's own settings (never the object's) for images and
+    the node agent."""
+    return build_children(
+        target,
+        spec,
+        os.environ.get(SIDECAR_IMAGE_ENV, ""),
+        node_agent=os.environ.get(NODE_AGENT_ENV, ""),
+    )
+
+
 RETRY_DELAY_S = 5
-HANDLER_THREADS = 16
-STATUS_THREADS = 4
+POOL_THREADS = {"pods": 16, "apply": 8, "service": 8, "status": 8}
+"""Threads per pool (see the module's docstring)."""
+POOL_OF_CHILD = {
+    "ServiceAccount": "pods",
+    "Deployment": "pods",
+    "Role": "apply",
+    "RoleBinding": "apply",
+    "Service": "service",
+}
 FORBIDDEN_RETRY_DELAY_S = 60
 STATUS_RETRY_MAX_S = 60
 MANAGED_BY = "app.kubernetes.io/managed-by=capinfer"
@@ -92,36 +135,49 @@ def configure(
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     configuration = client.Configuration.get_default_copy()
-    # One kept-alive connection per thread that calls the API: one dropped from a full pool
-    # costs a new TLS handshake, which dominated the operator's CPU under a burst.
-    configuration.connection_pool_maxsize = HANDLER_THREADS + STATUS_THREADS
+    tuned = os.environ.get(KOPF_DEFAULTS_ENV, "") not in ("1", "true")
+    if tuned:
+        # One kept-alive connection per thread that calls the API: one dropped from a full
+        # pool costs a new TLS handshake, which dominated the operator's CPU under a burst.
+        configuration.connection_pool_maxsize = sum(POOL_THREADS.values())
     memo["applier"] = Applier(client.ApiClient(configuration))
-    memo["status_threads"] = ThreadPoolExecutor(STATUS_THREADS, thread_name_prefix="status")
+    memo["pools"] = {
+        name: ThreadPoolExecutor(threads, thread_name_prefix=name)
+        for name, threads in POOL_THREADS.items()
+    }
     memo["replica_book"] = ReplicaBook()
+    memo["pods_first"] = PodsFirst()
     # Progress and the last-handled spec go into annotations: status stays ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/operator"
+    settings.peering.lifetime = int(os.environ.get(PEERING_LIFETIME_ENV) or PEERING_LIFETIME_S)
     # Warnings and errors become Events; the Normal ones are posted on purpose below, not
     # one per handler run.
     settings.posting.level = logging.WARNING
-    # Handlers mostly wait on the API server: more threads than cores keeps a burst of
-    # objects moving.
-    settings.execution.max_workers = HANDLER_THREADS
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    # Only the Deployments capinfer manages, filtered by the API server, not after the fact.
-    settings.watching.label_selectors["apps", "deployments"] = MANAGED_BY
+    if tuned:
+        tune(settings)
+    else:
+        logger.warning("%s is set: kopf and the client run on their default settings (a"
+                       " benchmark baseline)", KOPF_DEFAULTS_ENV)  # fmt: skip
     logger.info("capinfer operator configured; default sidecar image %r",
                 os.environ.get(SIDECAR_IMAGE_ENV, ""))  # fmt: skip
 
 
+def tune(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for a burst of objects (bench/operator measures them against the
+    defaults)."""
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Only the Deployments capinfer manages, filtered by the API server, not after the fact.
+    settings.watching.label_selectors["apps", "deployments"] = MANAGED_BY
+
+
 @kopf.on.cleanup()
 def release(*, memo: kopf.Memo, **_: Any) -> None:
-    threads = memo.get("status_threads")
-    if isinstance(threads, ThreadPoolExecutor):
+    for threads in memo.get("pools", {}).values():
         threads.shutdown(wait=False, cancel_futures=True)
 
 
@@ -132,19 +188,65 @@ def replica_book(memo: kopf.Memo) -> ReplicaBook:
     return found
 
 
-async def in_status_thread(memo: kopf.Memo, call: Callable[..., Result], *args: Any) -> Result:
-    """Run a blocking status write on the status pool, off the event loop.
+class PodsFirst:
+    """Calls for the ``pods`` pool in flight, and an event set while there are none.
+
+    Used on the event loop only."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+
+
+async def in_pool(
+    memo: kopf.Memo, pool: str, call: Callable[..., Result], *args: Any, **kwargs: Any
+) -> Result:
+    """Run a blocking call on one of the operator's thread pools, off the event loop; a
+    transport error comes back as a :class:`kopf.TemporaryError`.
 
     In kopf's context (its settings, the handler's cause): kopf.event and kopf.adopt read
     them from context variables, which a plain executor does not carry over.
     """
-    threads = memo.get("status_threads")
+    threads = memo.get("pools", {}).get(pool)
     if not isinstance(threads, ThreadPoolExecutor):
-        raise kopf.TemporaryError("the status pool is not configured yet", delay=1)
-    context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(
-        threads, functools.partial(context.run, call, *args)
+        raise kopf.TemporaryError(f"the {pool} pool is not configured yet", delay=1)
+    first = memo.get("pods_first")
+    if isinstance(first, PodsFirst) and pool != "pods":
+        await first.idle.wait()
+    counting = (
+        first.counting()
+        if isinstance(first, PodsFirst) and pool == "pods"
+        else contextlib.nullcontext()
     )
+    context = contextvars.copy_context()
+    try:
+        with counting:
+            return await asyncio.get_running_loop().run_in_executor(
+                threads, functools.partial(context.run, call, *args, **kwargs)
+            )
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        # The API server is out of reach (restarting, a network cut): a retry soon, not
+        # kopf's default backoff for an unknown error (a minute).
+        raise kopf.TemporaryError(
+            f"the API server is out of reach: {error}", delay=RETRY_DELAY_S
+        ) from error
+
+
+async def in_status_thread(memo: kopf.Memo, call: Callable[..., Result], *args: Any) -> Result:
+    """A blocking status write on the status pool."""
+    return await in_pool(memo, "status", call, *args)
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -246,11 +348,26 @@ def _refuse(
 
 
 # -- reconciliation ---------------------------------------------------------------------------
-def _read_deployment(the_applier: Applier, target: Target) -> dict[str, Any] | None:
-    try:
-        return the_applier.read_deployment(target.namespace, target.child_name)
-    except ApiException as error:
-        retry_or_reject(error, f"reading Deployment {target.child_name}")
+InferenceKey = tuple[str, str]
+NOT_APPLIED = ""
+"""The template hash of a Deployment that carries none (not written by capinfer)."""
+
+
+@kopf.index("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "capinfer"})
+def deployment_templates(
+    *, namespace: str | None, name: str, annotations: kopf.Annotations, **_: Any
+) -> dict[InferenceKey, str]:
+    """Each managed Deployment's template hash, from the watch: what reconcile compares a
+    new template with, without a GET per object (kopf fills its indexes before any handler
+    runs, so after a restart too)."""
+    return {(namespace or "", name): str(annotations.get(TEMPLATE_HASH_ANNOTATION, NOT_APPLIED))}
+
+
+def _template_before(index: kopf.Index[InferenceKey, str], target: Target) -> str | None:
+    """The template hash of the Deployment as last seen, or None when there is none."""
+    for found in index.get((target.namespace, target.child_name), []):
+        return found
+    return None
 
 
 def apply_children(
@@ -269,15 +386,16 @@ def apply_children(
 
 def _announce(
     body: kopf.Body,
-    before: dict[str, Any] | None,
+    old_hash: str | None,
     deployment: Manifest,
     old_spec: Mapping[str, Any] | None,
     new_spec: Mapping[str, Any],
 ) -> None:
-    """Events for what a user should see: created, rolling out, changed live."""
+    """Events for what a user should see: created, rolling out, changed live.
+
+    ``old_hash``: the template hash of the Deployment before the apply, None if none was."""
     new_hash = deployment["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
-    old_hash = template_hash_of(before)
-    if before is None:
+    if old_hash is None:
         kopf.event(body, type="Normal", reason="Created",
                    message="Deployment, Service and the sidecar's ServiceAccount, Role and"
                            " RoleBinding created")  # fmt: skip
@@ -288,10 +406,33 @@ def _announce(
         kopf.event(body, type="Normal", reason="PowerChanged", message=live)
 
 
+def _finish(
+    memo: kopf.Memo,
+    key: ObjectKey,
+    *,
+    generation: int,
+    replicas: int,
+    existing: list[dict[str, Any]],
+    deployment: dict[str, Any],
+) -> None:
+    """The status of a handled generation: observedGeneration and selector, then replica
+    counts and Ready from the apply's answer."""
+    spec_fields = {"observedGeneration": generation, "selector": selector_of(key)}
+    _set_status(memo, *key, spec_fields, "spec")
+    publish_replicas(
+        memo,
+        key,
+        existing,
+        spec=SpecSeen(generation=generation, replicas=replicas),
+        handled=True,
+        deployment=DeploymentState.from_deployment(deployment),
+    )
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-def reconcile(
+async def reconcile(
     *,
     body: kopf.Body,
     spec: kopf.Spec,
@@ -303,7 +444,7 @@ def reconcile(
     old: Any,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     if namespace is None:
         raise kopf.PermanentError("PowerCappedInference is namespaced")
@@ -311,70 +452,53 @@ def reconcile(
     target = Target(name=name, namespace=namespace)
     existing = list(status.get("conditions", []))
     the_applier = applier(memo)
+    refuse = functools.partial(
+        in_pool, memo, "apply", _refuse, memo, body, generation=generation, existing=existing
+    )
     try:
-        children = build_children(target, spec, os.environ.get(SIDECAR_IMAGE_ENV, ""))
+        children = render_children(target, spec)
     except SpecError as error:
-        _refuse(
-            memo,
-            body,
-            generation=generation,
-            existing=existing,
-            reason="InvalidSpec",
-            message=str(error),
-        )
-    before = _read_deployment(the_applier, target)
+        await refuse(reason="InvalidSpec", message=str(error))
+    templates: kopf.Index[InferenceKey, str] = kwargs["deployment_templates"]  # kopf passes it
+    old_hash = _template_before(templates, target)
+    applied: dict[str, dict[str, Any]] = {}
     try:
-        applied = apply_children(the_applier, body, children)
+        for pool in ("pods", "apply", "service"):
+            stage = [c for c in children if POOL_OF_CHILD[c["kind"]] == pool]
+            applied |= await in_pool(memo, pool, apply_children, the_applier, body, stage)
     except NamespaceGoingError as error:
         logger.debug("nothing to apply: %s", error)
         return
     except ChildRejectedError as error:
-        _refuse(
-            memo,
-            body,
-            generation=generation,
-            existing=existing,
-            reason="ApplyRejected",
-            message=str(error),
-        )
+        await refuse(reason="ApplyRejected", message=str(error))
     # With field="spec", an update's ``old`` is the previous spec.
     old_spec = old if reason == kopf.Reason.UPDATE and isinstance(old, Mapping) else None
     rendered = next(c for c in children if c["kind"] == "Deployment")
-    _announce(body, before, rendered, old_spec, spec)
-    spec_fields = {"observedGeneration": generation, "selector": selector_of((namespace, name))}
-    _set_status(memo, namespace, name, spec_fields, "spec")
-    publish_replicas(
-        memo,
-        (namespace, name),
-        existing,
-        spec=SpecSeen(generation=generation, replicas=int(spec.get("replicas", 1))),
-        handled=True,
-        deployment=DeploymentState.from_deployment(applied["Deployment"]),
-    )
+    _announce(body, old_hash, rendered, old_spec, spec)
+    await in_pool(
+        memo, "apply", _finish, memo, (namespace, name), generation=generation,
+        replicas=int(spec.get("replicas", 1)), existing=existing,
+        deployment=applied["Deployment"],
+    )  # fmt: skip
     logger.info("applied %s", ", ".join(f"{c['kind']}/{c['metadata']['name']}" for c in children))
 
 
 # -- the Deployment moved ---------------------------------------------------------------------
-InferenceKey = tuple[str, str]
-
-
 @kopf.index(GROUP, VERSION, PLURAL)
 def inferences(
     *, namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[InferenceKey, dict[str, Any]]:
-    """Every object as last seen, kept from the watch: a Deployment's owner without a GET."""
+    """What a Deployment event needs of its owner, kept from the watch: no GET per event.
+
+    Only those few fields, and no copies: each watch event brings a new body, and this
+    runs for every event of every object."""
     metadata = body.get("metadata", {})
     return {
         (namespace or "", name): {
-            "apiVersion": body.get("apiVersion"),
-            "kind": body.get("kind"),
-            "metadata": {
-                key: copy.deepcopy(metadata[key])
-                for key in ("name", "namespace", "uid", "generation", "labels", "deletionTimestamp")
-                if key in metadata
-            },
-            "spec": copy.deepcopy(dict(body.get("spec", {}))),
-            "status": copy.deepcopy(dict(body.get("status", {}))),
+            "generation": metadata.get("generation", 0),
+            "deleting": bool(metadata.get("deletionTimestamp")),
+            "replicas": body.get("spec", {}).get("replicas", 1),
+            "conditions": list(body.get("status", {}).get("conditions", [])),
         }
     }
 
@@ -403,7 +527,7 @@ def _restore_if_owned(the_applier: Applier, namespace: str, name: str, logger: k
     metadata = owner["metadata"]
     target = Target(name=metadata["name"], namespace=metadata["namespace"])
     try:
-        children = build_children(target, owner["spec"], os.environ.get(SIDECAR_IMAGE_ENV, ""))
+        children = render_children(target, owner["spec"])
         apply_children(the_applier, kopf.Body(owner), children)  # type: ignore[arg-type]
     except NamespaceGoingError as error:
         logger.debug("nothing to restore: %s", error)
@@ -434,7 +558,7 @@ async def deployment_changed(
     the_applier = applier(memo)
     index: kopf.Index[InferenceKey, dict[str, Any]] = kwargs["inferences"]  # kopf passes it
     owner = _owner(index, (namespace, owner_name))
-    if owner is None or owner["metadata"].get("deletionTimestamp"):
+    if owner is None or owner["deleting"]:
         return  # the owner is going: the garbage collector takes its children
     if type == "DELETED":
         await in_status_thread(memo, _restore_if_owned, the_applier, namespace, owner_name, logger)
@@ -442,10 +566,10 @@ async def deployment_changed(
     # The index's copy of the owner may be older than what reconcile last handled: the
     # book keeps whichever generation is newer.
     seen = SpecSeen(
-        generation=int(owner["metadata"].get("generation", 0)),
-        replicas=int(owner.get("spec", {}).get("replicas", 1)),
+        generation=int(owner["generation"]),
+        replicas=int(owner["replicas"]),
     )
-    existing = list(owner.get("status", {}).get("conditions", []))
+    existing = [dict(c) for c in owner["conditions"]]
     publish = functools.partial(
         publish_replicas, memo, (namespace, owner_name), existing, spec=seen,
         deployment=DeploymentState.from_deployment(body), from_watch=True,
@@ -483,11 +607,20 @@ async def sidecar_reports(
     if namespace is None:
         return
     written: dict[ObjectKey, float] = memo.setdefault("numbers_written_s", {})
+    # What was last written per object, transition times aside: an event that comes before
+    # our own write's event still shows the old status, and must not bring the same write.
+    sent: dict[ObjectKey, list[Any]] = memo.setdefault("pods_status_sent", {})
     if type == "DELETED":
         replica_book(memo).forget((namespace, name))
         written.pop((namespace, name), None)
+        sent.pop((namespace, name), None)
         return
     if meta.get("deletionTimestamp"):
+        return
+    if "observedGeneration" not in status:
+        # Not handled yet: its first reconcile writes observedGeneration, and that write's
+        # event brings it here. Under a burst, a write now would queue in front of the
+        # object's own Deployment.
         return
     pods = [dict(p) for p in status.get("pods", [])]
     if stale := stale_pods(pods, datetime.now(UTC)):
@@ -513,6 +646,10 @@ async def sidecar_reports(
     since_s = None if written_s is None else time.monotonic() - written_s
     if not numbers_due(status, fields, not conditions_already_set(updated, existing), since_s):
         return  # nothing new (or only numbers, written moments ago)
-    written[(namespace, name)] = time.monotonic()
     update = {**fields, "conditions": updated}
-    await in_status_thread(memo, _set_status, memo, namespace, name, update, "pods")
+    unchanged = [fields, [without_time(c) for c in updated]]
+    if sent.get((namespace, name)) == unchanged:
+        return
+    written[(namespace, name)] = time.monotonic()
+    if await in_status_thread(memo, _set_status, memo, namespace, name, update, "pods"):
+        sent[(namespace, name)] = unchanged

@@ -13,13 +13,16 @@ from capinfer_operator.builders import (
     GROUP,
     KIND,
     PLURAL,
-    TEMPLATE_HASH_ANNOTATION,
     VERSION,
     Manifest,
 )
 
 FIELD_MANAGER = "capinfer-operator"
 APPLY = "application/apply-patch+yaml"
+REQUEST_TIMEOUT_S = (10, 70)
+"""Connect and read timeouts of every request. The API server answers or gives up within
+60 s; past that the connection is dead (a cut network), and a call that hung would hold
+back every call queued behind it."""
 JSON_PATCH = "application/json-patch+json"
 
 
@@ -58,6 +61,7 @@ class Applier:
             # Plain JSON: building the client's models from an answer costs more CPU than
             # the whole request.
             _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_S,
         )
         applied: dict[str, Any] = json.loads(response.data)
         return applied
@@ -77,7 +81,7 @@ class Applier:
         response = self._custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, body,
             field_manager=f"{FIELD_MANAGER}/{concern}", force=True, _content_type=APPLY,
-            _preload_content=False,
+            _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S,
         )  # fmt: skip
         _drain(response)
 
@@ -86,6 +90,7 @@ class Applier:
         response = self._custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, operations,
             field_manager=FIELD_MANAGER, _content_type=JSON_PATCH, _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_S,
         )  # fmt: skip
         _drain(response)
 
@@ -93,25 +98,12 @@ class Applier:
         """The PowerCappedInference, or None when it is gone."""
         try:
             found: dict[str, Any] = self._custom.get_namespaced_custom_object(  # type: ignore[assignment]
-                GROUP, VERSION, namespace, PLURAL, name
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S
             )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return found
-
-    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The Deployment as the API serves it (camelCase keys), or None when absent."""
-        try:
-            response: Any = self._apps.read_namespaced_deployment(
-                name, namespace, _preload_content=False
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        found: dict[str, Any] = json.loads(response.data)
         return found
 
 
@@ -119,14 +111,6 @@ def _drain(response: Any) -> None:
     """Read an unparsed answer to its end: only then does its connection go back to the
     pool (an unread one is dropped, and the next request pays a new TLS handshake)."""
     response.read()
-
-
-def template_hash_of(deployment: dict[str, Any] | None) -> str | None:
-    if deployment is None:
-        return None
-    annotations = deployment.get("metadata", {}).get("annotations") or {}
-    found = annotations.get(TEMPLATE_HASH_ANNOTATION)
-    return str(found) if found is not None else None
 
 
 def is_transient(error: ApiException) -> bool:

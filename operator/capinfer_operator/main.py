@@ -5,13 +5,28 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
 
 from capinfer_operator import handlers
+
+PRIORITY_CEILING_MS = 2**42
+"""Above any wall-clock time in milliseconds for a century: a start time becomes a priority."""
+
+
+def start_priority(now_ns: int, tie_breaker: int) -> int:
+    """A peering priority that is higher the earlier the replica started.
+
+    kopf lets the replica with the highest priority handle events and pauses every other; two
+    live replicas of the same priority both pause. Started first means leading: a new or
+    restarted replica waits behind the running one instead of taking over from it, and the
+    tie breaker (0-999) keeps two replicas started in the same millisecond apart."""
+    return (PRIORITY_CEILING_MS - now_ns // 1_000_000) * 1000 + tie_breaker
 
 
 def _listed(value: str | None) -> list[str]:
@@ -48,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--standalone", action="store_true", help="no peering: this is the only replica (default)"
     )
     parser.add_argument(
+        "--peering-priority",
+        type=int,
+        default=int(env("CAPINFER_PEERING_PRIORITY") or 0) or None,
+        help="this replica's priority among its peers: the highest handles events (default: the"
+        " replica that started first leads) [env CAPINFER_PEERING_PRIORITY]",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=int(env("CAPINFER_PEERING_LIFETIME") or handlers.PEERING_LIFETIME_S),
+        help="seconds a replica's keep-alive stays valid: how soon another replica takes over"
+        f" from one that died (default {handlers.PEERING_LIFETIME_S})"
+        " [env CAPINFER_PEERING_LIFETIME]",
+    )
+    parser.add_argument(
         "--liveness",
         metavar="URL",
         default=env("CAPINFER_LIVENESS"),
@@ -57,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sidecar-image",
         default=env(handlers.SIDECAR_IMAGE_ENV, ""),
         help="sidecar image for objects that name none [env CAPINFER_SIDECAR_IMAGE]",
+    )
+    parser.add_argument(
+        "--node-agent-address",
+        default=env(handlers.NODE_AGENT_ENV, ""),
+        help="where sidecars reach capinfer-node-agent (tcp://host:port or unix:///path);"
+        " empty: no agent, batch size alone [env CAPINFER_NODE_AGENT_ADDRESS]",
     )
     parser.add_argument(
         "--log-level",
@@ -75,13 +111,18 @@ def kopf_options(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[s
     else:
         namespaces = list(args.namespace or _listed(environ.get("CAPINFER_WATCH_NAMESPACES")))
     peering = None if args.standalone else (args.peering or environ.get("CAPINFER_PEERING"))
-    return {
+    options: dict[str, Any] = {
         "clusterwide": not namespaces,
         "namespaces": namespaces,
         "standalone": not peering,
         "peering_name": peering,
         "liveness_endpoint": args.liveness,
     }
+    if peering:
+        options["priority"] = args.peering_priority or start_priority(
+            time.time_ns(), random.randrange(1000)
+        )
+    return options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.sidecar_image:
         os.environ[handlers.SIDECAR_IMAGE_ENV] = args.sidecar_image
+    os.environ[handlers.PEERING_LIFETIME_ENV] = str(args.peering_lifetime)
+    if args.node_agent_address:
+        os.environ[handlers.NODE_AGENT_ENV] = args.node_agent_address
     kopf.run(**kopf_options(args, os.environ))
     return 0
 

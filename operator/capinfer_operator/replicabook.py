@@ -28,7 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from capinfer_operator.status import Condition, DeploymentState, readiness, updated_conditions
+from capinfer_operator.status import (
+    Condition,
+    DeploymentState,
+    readiness,
+    updated_conditions,
+    without_time,
+)
 
 ObjectKey = tuple[str, str]
 """(namespace, name) of a PowerCappedInference."""
@@ -42,10 +48,6 @@ class SpecSeen:
     replicas: int
     refusal: Condition | None = None
     """The Ready=False the operator reported for this generation (invalid, rejected)."""
-
-
-def _without_time(condition: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in condition.items() if k != "lastTransitionTime"}
 
 
 @dataclass
@@ -82,7 +84,7 @@ class ReplicaRecord:
         counts, ready = readiness(self.deployment, self.spec.replicas, self.spec.generation, now)
         if self.spec.refusal is not None:
             ready = self.spec.refusal
-        wanted = {**counts, "ready": _without_time(ready)}
+        wanted = {**counts, "ready": without_time(ready)}
         if wanted == self.written:
             return None
         return {**counts, "conditions": updated_conditions(existing_conditions, [ready])}
@@ -90,7 +92,7 @@ class ReplicaRecord:
     def mark_written(self, update: Mapping[str, Any]) -> None:
         (ready,) = update["conditions"]
         counts = {k: v for k, v in update.items() if k != "conditions"}
-        self.written = {**counts, "ready": _without_time(ready)}
+        self.written = {**counts, "ready": without_time(ready)}
 
 
 class ReplicaBook:

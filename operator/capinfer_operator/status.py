@@ -46,16 +46,17 @@ def updated_conditions(
     return result
 
 
+def without_time(condition: Mapping[str, Any]) -> dict[str, Any]:
+    """A condition without its transition time: what tells two writes apart."""
+    return {k: v for k, v in condition.items() if k != "lastTransitionTime"}
+
+
 def conditions_already_set(
     updated: Sequence[Mapping[str, Any]], existing: Sequence[Mapping[str, Any]]
 ) -> bool:
     """Every updated condition is already there, transition time aside."""
-
-    def strip(cond: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in cond.items() if k != "lastTransitionTime"}
-
-    present = [strip(c) for c in existing]
-    return all(strip(c) in present for c in updated)
+    present = [without_time(c) for c in existing]
+    return all(without_time(c) in present for c in updated)
 
 
 # -- replicas ---------------------------------------------------------------------------------
@@ -238,7 +239,8 @@ def aggregate_pods(
             "CapMet", True, "UnderCap", f"every pod under {cap_watts:g} W",
             generation=generation, now=now,
         )  # fmt: skip
-    refused = sorted(str(p["name"]) for p in pods if p.get("clockControl") is False)
+    refused_pods = [p for p in pods if p.get("clockControl") is False]
+    refused = sorted(str(p["name"]) for p in refused_pods)
     if not clock_control_wanted:
         clock = condition(
             "ClockControl", False, "Disabled", "spec.power.clockControl.enabled is false",
@@ -247,7 +249,8 @@ def aggregate_pods(
     elif refused:
         clock = condition(
             "ClockControl", False, "BatchSizeOnly",
-            f"clocks cannot be locked in {', '.join(refused)}: batch size only",
+            f"clocks cannot be locked, batch size only: "
+            f"{_pod_messages(refused_pods, 'clockControlMessage')}",
             generation=generation, now=now,
         )  # fmt: skip
     else:

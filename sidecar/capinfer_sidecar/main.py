@@ -12,6 +12,11 @@ Two kinds of GPU: ``nvml`` (real GPUs, found by UUID: given, or read from Triton
 metrics labels) and ``virtual`` (the power model of ``capinfer_sidecar.sim``, driven by the
 batches a ``simbatch`` model really executes in Triton).
 
+The sidecar is unprivileged: it reads its GPUs itself and asks the node agent
+(``--node-agent``) to lock their SM clock and to set their board power limit to the cap.
+Without an agent, or refused by it, it says so and controls the batch size alone
+(``ClockControl`` False with the reason); it never stops for that.
+
 Start-up: the HTTP server (probes, metrics) comes up first, so ``/healthz`` answers while
 the sidecar waits for the object and for Triton to serve the model (up to
 ``--startup-timeout``). Then four long-lived tasks run under one
@@ -32,7 +37,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,7 @@ from kubernetes import config as kube_config
 from prometheus_client import CollectorRegistry
 
 from capinfer_sidecar.follower import PowerVersion, SpecFollower, SpecStatus
+from capinfer_sidecar.gpu.agent import NodeAgentClient, PowerLimitResult
 from capinfer_sidecar.gpu.errors import GpuError
 from capinfer_sidecar.gpu.group import GpuGroup
 from capinfer_sidecar.gpu.nvml import NvmlSession, nvml_is_available
@@ -188,11 +194,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         help="seconds between status updates on the object (default 3)",
     )
-    ops.add_argument(
-        "--state-dir",
+    gpu.add_argument(
+        "--virtual-controls",
         type=Path,
-        default=Path(env("CAPINFER_STATE_DIR", "/tmp/capinfer")),
-        help="where the sidecar notes locked clocks, to reset them after a crash",
+        default=env("CAPINFER_VIRTUAL_CONTROLS"),
+        help="virtual GPU: the controls file its knobs live in (the node agent writes it)",
+    )
+    agent = parser.add_argument_group("node agent (sets clocks and the board power limit)")
+    agent.add_argument(
+        "--node-agent",
+        default=env("CAPINFER_NODE_AGENT", ""),
+        help="unix:///path or tcp://host:port of capinfer-node-agent; empty: none, batch"
+        " size alone [env CAPINFER_NODE_AGENT]",
+    )
+    agent.add_argument(
+        "--node-agent-token",
+        type=Path,
+        default=env("CAPINFER_NODE_AGENT_TOKEN"),
+        help="file holding this pod's ServiceAccount token for the agent's audience"
+        " [env CAPINFER_NODE_AGENT_TOKEN]",
+    )
+    agent.add_argument(
+        "--backstop-interval",
+        type=float,
+        default=10.0,
+        help="seconds between re-assertions of the board power limit (default 10)",
     )
     ops.add_argument("--log-level", default=env("CAPINFER_LOG_LEVEL", "INFO"))
     return parser
@@ -305,10 +331,33 @@ async def wait_for_model(model: Any, name: str, deadline_s: float) -> int:
 async def open_gpus(
     args: argparse.Namespace, stack: contextlib.AsyncExitStack, model_ready: bool
 ) -> GpuGroup:
-    marker = args.state_dir / "clocks-locked"
-    args.state_dir.mkdir(parents=True, exist_ok=True)
+    devices = await _open_devices(args, stack, model_ready)
+    if args.no_clock_control:
+        return GpuGroup(devices, None, "clock control off (--no-clock-control)")
+    if not args.node_agent:
+        log.warning("no node agent configured: batch size alone, no board power limit")
+        return GpuGroup(devices, None, "no node agent on this node: batch size alone")
+    client = NodeAgentClient(args.node_agent, args.node_agent_token)
+    try:
+        allowed = await asyncio.to_thread(client.hello)
+    except GpuError as error:
+        log.warning("the node agent cannot steer this pod's GPUs (%s): batch size alone", error)
+        return GpuGroup(devices, None, str(error))
+    group = GpuGroup(devices, client)
+    missing = [uuid for uuid in group.uuids if uuid not in allowed]
+    if missing:
+        reason = f"the node agent does not give this pod {', '.join(missing)}"
+        log.warning("%s: batch size alone", reason)
+        return GpuGroup(devices, None, reason)
+    log.info("node agent at %s steers GPUs %s for this pod", args.node_agent, allowed)
+    return group
+
+
+async def _open_devices(
+    args: argparse.Namespace, stack: contextlib.AsyncExitStack, model_ready: bool
+) -> list[Any]:
     if args.gpu == "virtual":
-        return GpuGroup([await open_virtual_gpu(args, stack)], clock_marker=marker)
+        return [await open_virtual_gpu(args, stack)]
     if not nvml_is_available():
         raise StartupError("NVML is not available: no NVIDIA driver visible to this container")
     session = stack.enter_context(NvmlSession())
@@ -317,7 +366,7 @@ async def open_gpus(
         uuids = gpu_uuids_in_metrics(await read_metrics(args.triton_metrics))
     if not uuids:
         raise StartupError("no GPU to control: give --gpu-uuid, or let Triton's metrics name them")
-    return GpuGroup(session.gpus(uuids), clock_marker=marker)
+    return list(session.gpus(uuids))
 
 
 async def open_virtual_gpu(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> Any:
@@ -326,13 +375,69 @@ async def open_virtual_gpu(args: argparse.Namespace, stack: contextlib.AsyncExit
         profile = load_profile_set(args.virtual_profile).workload(dnn, dataset or "imagenet")
     except Exception as error:
         raise StartupError(f"virtual GPU: {error}") from error
-    device = VirtualGpuDevice(profile, time.monotonic, latency_table_path=args.latency_table)
+    device = VirtualGpuDevice(
+        profile,
+        time.monotonic,
+        latency_table_path=args.latency_table,
+        controls_path=args.virtual_controls,
+    )
     if args.batch_report_socket is None:
         raise StartupError("the virtual GPU needs --batch-report-socket (the model reports there)")
     transport = await receive_batch_reports(device, bind_report_socket(args.batch_report_socket))
     stack.callback(transport.close)
     log.info("virtual GPU: %s; batch reports on %s", device.name, args.batch_report_socket)
     return device
+
+
+# -- the board power limit ----------------------------------------------------------------------
+@dataclass
+class Backstop:
+    """The board power limit at the cap, set through the node agent and re-asserted.
+
+    The GPU's own controller holds average power under that limit even when this sidecar is
+    gone; the loop still shapes the spikes. The limit is set again every interval (an agent
+    that restarted, a cap that changed) and whenever the cap changes.
+    """
+
+    client: NodeAgentClient | None
+    cap_watts: Callable[[], float]
+    gpus: Sequence[str] = ()
+    enforced_watts: float | None = None
+    message: str | None = "no node agent: no board power limit backs the cap up"
+
+    def assert_once(self) -> None:
+        if self.client is None:
+            return
+        cap = self.cap_watts()
+        try:
+            results = self.client.set_power_limit(self.gpus, cap)
+        except GpuError as error:
+            message = f"the board power limit could not be set: {error}"
+            if message != self.message:
+                log.warning("%s", message)
+            self.message = message
+            self.enforced_watts = None
+            return
+        self.enforced_watts = max((r.enforced_watts for r in results), default=None)
+        self.message = _backstop_message(cap, results)
+
+    async def run(self, interval_s: float, changed: asyncio.Event) -> None:
+        while True:
+            await asyncio.to_thread(self.assert_once)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), interval_s)
+            changed.clear()
+
+
+def _backstop_message(cap_watts: float, results: Sequence[PowerLimitResult]) -> str | None:
+    low = [r for r in results if r.below_minimum]
+    if not low:
+        return None
+    minimum = max(r.min_watts for r in low)
+    return (
+        f"the cap {cap_watts:g} W is below the card's minimum power limit {minimum:g} W:"
+        f" the board limit holds {minimum:g} W, only the control loop holds the cap"
+    )
 
 
 # -- the daemon ---------------------------------------------------------------------------------
@@ -347,6 +452,13 @@ class Sidecar:
     registry: CollectorRegistry
     collector: SnapshotCollector
     publish_now: asyncio.Event
+    spec_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    clock_message: Callable[[], str | None] = lambda: None
+    backstop: Backstop | None = None
+
+    def on_spec_change(self) -> None:
+        self.publish_now.set()
+        self.spec_changed.set()
 
     @classmethod
     def create(cls, args: argparse.Namespace) -> Sidecar:
@@ -371,10 +483,14 @@ class Sidecar:
         problems = [p for p in (failing and failing.message, self.spec_status.problem) if p]
         if latest is None and not problems:
             return None
+        backstop = self.backstop or Backstop(None, lambda: 0.0)
         return pod_status_entry(
             self.args.pod_name, gpu_uuids, latest,
             failed_task=failing.task if failing is not None else None,
             problem="; ".join(problems) or None,
+            clock_message=self.clock_message(),
+            power_limit_watts=backstop.enforced_watts,
+            backstop_message=backstop.message,
         )  # fmt: skip
 
 
@@ -457,6 +573,20 @@ async def run(args: argparse.Namespace) -> int:
                 if entry is not None:
                     await writer.write(entry)
 
+        # The board limit is worth setting even without clock control, and an agent that was
+        # not reachable at start is tried again at every interval.
+        client = (
+            NodeAgentClient(args.node_agent, args.node_agent_token) if args.node_agent else None
+        )
+        sidecar.clock_message = lambda: group.refusal
+        backstop = Backstop(client, lambda: follower.spec.cap_watts, group.uuids)
+        sidecar.backstop = backstop
+        if client is not None:
+            tasks.append(
+                sidecar.supervisor.start(
+                    "backstop", lambda: backstop.run(args.backstop_interval, sidecar.spec_changed)
+                )
+            )
         control_task = sidecar.supervisor.start("control-loop", control.run)
         tasks.append(control_task)
         tasks.append(sidecar.supervisor.start("cap-follower", lambda: follower.follow(versions)))
@@ -493,11 +623,13 @@ async def _start_control(
     health.waiting(f"waiting for Triton to serve model {args.model!r}")
     initial_batch = await wait_for_model(model, args.model, time.monotonic() + args.startup_timeout)
     group = await open_gpus(args, stack, model_ready=True)
-    if group.recover_after_crash():
-        log.warning("reset SM clocks a previous run had locked (it did not exit cleanly)")
+    if group.clocks is not None:
+        # A previous run of this sidecar in the same pod may have died with clocks locked.
+        with contextlib.suppress(GpuError):
+            await asyncio.to_thread(group.reset_sm_clock)
     log.info("controlling GPUs %s, model %s (max batch %d)", group.uuids, args.model,
              initial_batch)  # fmt: skip
-    supported_mhz = group.supported_sm_clocks_mhz()
+    supported_mhz = group.supported_sm_clocks_mhz() if group.clocks is not None else ()
     health.waiting("control loop starting")
     control = ControlLoop(
         policy=policy,
@@ -514,7 +646,7 @@ async def _start_control(
         policy_for,
         lambda new: settings_for(new, supported_mhz, args),
         status=sidecar.spec_status,
-        on_change=sidecar.publish_now.set,
+        on_change=sidecar.on_spec_change,
     )
     return control, follower, group
 

@@ -22,6 +22,9 @@ def pod_status_entry(
     *,
     failed_task: str | None = None,
     problem: str | None = None,
+    clock_message: str | None = None,
+    power_limit_watts: float | None = None,
+    backstop_message: str | None = None,
 ) -> dict[str, Any]:
     """The fields the CRD declares for a pod entry; absent values are left out, not null.
 
@@ -57,6 +60,12 @@ def pod_status_entry(
         entry["smClockMHz"] = snapshot.sm_clock_mhz
     if snapshot.degraded is not None:
         entry["message"] = snapshot.degraded
+    if clock_message is not None and not snapshot.clock_control:
+        entry["clockControlMessage"] = clock_message
+    if power_limit_watts is not None:
+        entry["powerLimitWatts"] = round(power_limit_watts, 1)
+    if backstop_message is not None:
+        entry["backstopMessage"] = backstop_message
     if snapshot.quarantined_batch_sizes:
         entry["quarantinedBatchSizes"] = list(snapshot.quarantined_batch_sizes)
     return entry

@@ -1,11 +1,26 @@
-"""Several GPUs of one pod, steered as one: the cap is per GPU, so the hottest one counts."""
+"""Several GPUs of one pod, steered as one: the cap is per GPU, so the hottest one counts.
+
+The group reads its GPUs itself (readings need no privilege) and sets their clock through
+a :class:`ClockKnob`: the node agent's client in a pod. Without one (no agent on the node,
+or it refused this pod) the group has no clock knob and says why: the control loop then
+controls the batch size alone.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Protocol
 
 from capinfer_sidecar.gpu.base import GpuDevice
+from capinfer_sidecar.gpu.errors import GpuPermissionError, GpuRefusedError
+
+
+class ClockKnob(Protocol):
+    """Who sets the clocks of the group's GPUs (the node agent)."""
+
+    def lock_sm_clock(self, gpus: Sequence[str], clock_mhz: int) -> None: ...
+
+    def reset_sm_clock(self, gpus: Sequence[str]) -> None: ...
 
 
 class GpuGroup:
@@ -16,11 +31,19 @@ class GpuGroup:
     decides. Mean power (from energy) is per GPU, averaged.
     """
 
-    def __init__(self, gpus: Sequence[GpuDevice], clock_marker: Path | None = None) -> None:
+    def __init__(
+        self,
+        gpus: Sequence[GpuDevice],
+        clocks: ClockKnob | None = None,
+        no_clocks_reason: str = "no node agent to set clocks",
+    ) -> None:
         if not gpus:
             raise ValueError("a GPU group needs at least one GPU")
         self.gpus = tuple(gpus)
-        self._clock_marker = clock_marker
+        self.clocks = clocks
+        self.no_clocks_reason = no_clocks_reason
+        self.refusal: str | None = None if clocks is not None else no_clocks_reason
+        """Why clocks cannot be set, once that is known (no knob, or the knob refused)."""
 
     @property
     def uuids(self) -> list[str]:
@@ -40,22 +63,14 @@ class GpuGroup:
         return tuple(sorted(common))
 
     def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None:
-        # The marker goes first: a crash between the two leaves clocks to reset, not locked
-        # clocks nobody knows about.
-        if self._clock_marker is not None:
-            self._clock_marker.write_text(f"{clock_mhz}\n")
-        for gpu in self.gpus:
-            gpu.set_locked_sm_clock_mhz(clock_mhz)
+        if self.clocks is None:
+            raise GpuPermissionError("set locked SM clock", self.no_clocks_reason)
+        try:
+            self.clocks.lock_sm_clock(self.uuids, clock_mhz)
+        except GpuRefusedError as error:
+            self.refusal = str(error)
+            raise
 
     def reset_sm_clock(self) -> None:
-        for gpu in self.gpus:
-            gpu.reset_sm_clock()
-        if self._clock_marker is not None:
-            self._clock_marker.unlink(missing_ok=True)
-
-    def recover_after_crash(self) -> bool:
-        """Reset clocks a previous run locked and never reset; True when it had to."""
-        if self._clock_marker is None or not self._clock_marker.exists():
-            return False
-        self.reset_sm_clock()
-        return True
+        if self.clocks is not None:
+            self.clocks.reset_sm_clock(self.uuids)

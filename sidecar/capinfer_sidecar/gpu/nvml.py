@@ -1,4 +1,8 @@
-"""Real GPUs through NVML (``pynvml``): readings, clock control, typed errors.
+"""Real GPUs through NVML (``pynvml``): readings and typed errors.
+
+Only readings live here: they need no privilege. The ``Set*`` calls (locked clocks, the
+board power limit) belong to the node agent (``capinfer_node_agent.nvml``), the one
+privileged process on a GPU node; it opens devices through the same :class:`NvmlSession`.
 
 Every NVML call goes through :func:`nvml_errors`, which turns NVML's error codes into the
 typed errors of :mod:`capinfer_sidecar.gpu.errors` (``raise … from``), so no caller ever
@@ -185,13 +189,10 @@ class NvmlGpu(GpuDevice):
     def power_limit_watts(self) -> float:
         return float(pynvml.nvmlDeviceGetEnforcedPowerLimit(self._handle)) / 1000.0
 
-    @nvml_errors
-    def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None:
-        pynvml.nvmlDeviceSetGpuLockedClocks(self._handle, clock_mhz, clock_mhz)
-
-    @nvml_errors
-    def reset_sm_clock(self) -> None:
-        pynvml.nvmlDeviceResetGpuLockedClocks(self._handle)
+    @property
+    def handle(self) -> Any:
+        """NVML's handle of this GPU, for the node agent's privileged calls."""
+        return self._handle
 
 
 class NvmlSession:

@@ -8,13 +8,21 @@ computes, exactly as a GPU's would. The model sleeps for the profile's latency a
 current SM clock, which this device publishes in a small JSON file each time the clock
 changes: a lower clock really slows inference down.
 
+The virtual GPU's knobs (the locked SM clock, the board power limit) live in a small JSON
+*controls file*, the way a real GPU's live in the driver: :class:`VirtualGpuControls` (held
+by the node agent, as NVML's ``Set*`` calls are) writes it, and the
+:class:`VirtualGpuDevice` that the sidecar reads follows it. So the knobs outlive the
+process that set them, as on a real GPU, and a restarted agent finds them as they were.
+The board limit is recorded and read back; the power model enforces the profile's own
+limit, not the one set (it does not model the firmware's controller).
+
 Fault injection (tests only; the NVML device has no such path): a datagram
-``F <kind> <seconds>`` on the same socket makes every reading of the device (and, for a
-lost GPU, every call) raise, for that long, the error the NVML device raises for that
-NVML return code, built by the same function. ``<kind>`` is the code's name without
-``NVML_ERROR_``, in lower case (``unknown``, ``timeout``, ``gpu_is_lost``...); ``F clear 0``
-ends a fault early. The device logs when a fault starts and, at the first call after it
-ended, how many errors it raised.
+``F <kind> <seconds>`` on the same socket makes every reading of the device raise, for
+that long, the error the NVML device raises for that NVML return code, built by the same
+function (the knobs are the node agent's, through the controls file, and stay untouched).
+``<kind>`` is the code's name without ``NVML_ERROR_``, in lower case (``unknown``,
+``timeout``, ``gpu_is_lost``...); ``F clear 0`` ends a fault early. The device logs when a
+fault starts and, at the first call after it ended, how many errors it raised.
 """
 
 from __future__ import annotations
@@ -28,13 +36,87 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from capinfer_sidecar.gpu.base import GpuDevice
-from capinfer_sidecar.gpu.errors import GpuInvalidArgumentError, GpuLostError
+from capinfer_sidecar.gpu.base import GpuControls, GpuDevice, PowerLimitRange
+from capinfer_sidecar.gpu.errors import GpuInvalidArgumentError
 from capinfer_sidecar.gpu.nvml import NVML_ERROR_CODES, gpu_error_for_code
 from capinfer_sidecar.sim.gpu_model import VirtualGpu
 from capinfer_sidecar.sim.profiles import WorkloadProfile
 
 log = logging.getLogger(__name__)
+
+VIRTUAL_UUID = "GPU-00000000-0000-0000-0000-virtual00000"
+MIN_LIMIT_FRACTION = 0.5
+"""The virtual card's lowest board limit, as a fraction of its default (a P40's 125/250 W)."""
+
+
+def read_controls(path: Path) -> dict[str, object]:
+    """The knob state in a controls file; empty (the defaults) when there is none."""
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    temporary.replace(path)  # atomic: no reader ever sees half a file
+
+
+class VirtualGpuControls(GpuControls):
+    """The knobs of a virtual GPU, kept in its controls file."""
+
+    def __init__(self, profile: WorkloadProfile, controls_path: Path, uuid: str = VIRTUAL_UUID):
+        self._profile = profile
+        self._path = controls_path
+        self._uuid = uuid
+
+    @property
+    def uuid(self) -> str:
+        return self._uuid
+
+    def supported_sm_clocks_mhz(self) -> tuple[int, ...]:
+        return tuple(self._profile.gpu.clock_levels_mhz)
+
+    def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None:
+        if clock_mhz not in self._profile.gpu.clock_levels_mhz:
+            raise GpuInvalidArgumentError(
+                "set locked SM clock", f"{clock_mhz} MHz is not a supported clock"
+            )
+        self._update(locked_sm_clock_mhz=clock_mhz)
+
+    def reset_sm_clock(self) -> None:
+        self._update(locked_sm_clock_mhz=None)
+
+    def power_limit_range(self) -> PowerLimitRange:
+        default = float(self._profile.gpu.power_limit_watts)
+        return PowerLimitRange(default * MIN_LIMIT_FRACTION, default, default)
+
+    def set_power_limit_watts(self, watts: float) -> None:
+        limits = self.power_limit_range()
+        if not limits.min_watts <= watts <= limits.max_watts:
+            raise GpuInvalidArgumentError(
+                "set power limit",
+                f"{watts:g} W is outside [{limits.min_watts:g}, {limits.max_watts:g}] W",
+            )
+        self._update(power_limit_watts=None if watts == limits.default_watts else watts)
+
+    def enforced_power_limit_watts(self) -> float:
+        value = read_controls(self._path).get("power_limit_watts")
+        return (
+            float(value) if isinstance(value, int | float) else self.power_limit_range().max_watts
+        )
+
+    def locked_sm_clock_mhz(self) -> int | None:
+        value = read_controls(self._path).get("locked_sm_clock_mhz")
+        return int(value) if isinstance(value, int) else None
+
+    def _update(self, **changes: object) -> None:
+        state = read_controls(self._path)
+        state.update(changes)
+        state["uuid"] = self._uuid
+        _write_atomically(self._path, json.dumps(state, sort_keys=True))
 
 
 @dataclass
@@ -63,16 +145,22 @@ class VirtualGpuDevice(GpuDevice):
         monotonic: Callable[[], float],
         *,
         latency_table_path: Path | None = None,
+        controls_path: Path | None = None,
         seed: int = 0,
-        uuid: str = "GPU-00000000-0000-0000-0000-virtual00000",
+        uuid: str = VIRTUAL_UUID,
     ) -> None:
         self._profile = profile
         self._monotonic = monotonic
         self._model = VirtualGpu(profile, seed=seed, start_s=monotonic())
         self._latency_table_path = latency_table_path
+        self._controls_path = controls_path
+        self._controls_seen: int | None = None
+        self._clock_mhz: int | None = None
+        self._limit_watts = float(profile.gpu.power_limit_watts)
         self._uuid = uuid
         self._fault: _Fault | None = None
         self._publish_latency(None)
+        self.follow_controls()
 
     # -- fault injection (tests) ---------------------------------------------------------
     def inject_fault(self, kind: str, duration_s: float) -> None:
@@ -95,17 +183,15 @@ class VirtualGpuDevice(GpuDevice):
                 "virtual GPU: injected fault %s over, %d errors raised", fault.kind, fault.raised
             )
 
-    def _check_fault(self, operation: str, *, reading: bool = True) -> None:
+    def _check_fault(self, operation: str) -> None:
         if self._fault is None:
             return
         self._end_fault(self._monotonic())
         fault = self._fault
         if fault is None:
             return
-        error = gpu_error_for_code(operation, NVML_ERROR_CODES[fault.kind])
-        if reading or isinstance(error, GpuLostError):
-            fault.raised += 1
-            raise error
+        fault.raised += 1
+        raise gpu_error_for_code(operation, NVML_ERROR_CODES[fault.kind])
 
     # -- fed by the batch reports --------------------------------------------------------
     def batch_started(self, size: int, start_s: float) -> None:
@@ -131,6 +217,7 @@ class VirtualGpuDevice(GpuDevice):
 
     def power_watts(self) -> float:
         self._check_fault("power_watts")
+        self.follow_controls()
         return self._model.instant_power_watts(self._monotonic())
 
     def average_power_watts(self) -> float:
@@ -150,29 +237,36 @@ class VirtualGpuDevice(GpuDevice):
         return clock if clock is not None else self._profile.gpu.default_clock_mhz
 
     def power_limit_watts(self) -> float:
-        return float(self._profile.gpu.power_limit_watts)
+        self.follow_controls()
+        return self._limit_watts
 
-    def set_locked_sm_clock_mhz(self, clock_mhz: int) -> None:
-        self._check_fault("set_locked_sm_clock_mhz", reading=False)
-        if clock_mhz not in self._profile.gpu.clock_levels_mhz:
-            raise GpuInvalidArgumentError(
-                "set locked SM clock", f"{clock_mhz} MHz is not a supported clock"
-            )
-        self._model.set_clock(clock_mhz, self._monotonic())
-        self._publish_latency(clock_mhz)
-
-    def reset_sm_clock(self) -> None:
-        self._check_fault("reset_sm_clock", reading=False)
-        self._model.set_clock(None, self._monotonic())
-        self._publish_latency(None)
+    def follow_controls(self) -> None:
+        """Take up knob changes from the controls file (cheap when it did not change)."""
+        if self._controls_path is None:
+            return
+        try:
+            seen: int | None = self._controls_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            seen = None
+        if seen == self._controls_seen:
+            return
+        self._controls_seen = seen
+        state = read_controls(self._controls_path)
+        clock = state.get("locked_sm_clock_mhz")
+        clock_mhz = clock if isinstance(clock, int) else None
+        limit = state.get("power_limit_watts")
+        self._limit_watts = (
+            float(limit) if isinstance(limit, int | float) else self._profile.gpu.power_limit_watts
+        )
+        if clock_mhz != self._clock_mhz:
+            self._clock_mhz = clock_mhz
+            self._model.set_clock(clock_mhz, self._monotonic())
+            self._publish_latency(clock_mhz)
 
     def _publish_latency(self, clock_mhz: int | None) -> None:
-        if self._latency_table_path is None:
-            return
-        path = self._latency_table_path
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(latency_table(self._profile, clock_mhz)))
-        temporary.replace(path)  # atomic: the model never reads half a table
+        if self._latency_table_path is not None:
+            table = latency_table(self._profile, clock_mhz)
+            _write_atomically(self._latency_table_path, json.dumps(table))
 
 
 class _BatchReportProtocol(asyncio.DatagramProtocol):

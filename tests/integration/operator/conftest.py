@@ -38,7 +38,7 @@ def operator_account(
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one operator at a time on the cluster: see operator_process
 def restricted_operator(
     crd_installed: None, operator_account: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorUnderTest]:

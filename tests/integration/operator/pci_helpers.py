@@ -86,15 +86,27 @@ def healthy(url: str) -> bool:
 class OperatorUnderTest:
     """``capinfer-operator`` as a subprocess that a test may kill and start again."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_path: Path, *, peering: str | None = None, lifetime_s: int = 15
+    ) -> None:
+        """``peering``: run as a replica of that kopf peering, else standalone."""
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.peering = peering
+        self.lifetime_s = lifetime_s
+        self.excused: list[tuple[int, int]] = []
+        """Spans of the log (characters) whose refusals are not the operator's RBAC's."""
         self.health_url = f"http://127.0.0.1:{free_port()}/healthz"
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        mode = (
+            ["--peering", self.peering, "--peering-lifetime", str(self.lifetime_s)]
+            if self.peering
+            else ["--standalone"]
+        )
         argv = [
-            sys.executable, "-m", "capinfer_operator.main", "--all-namespaces", "--standalone",
+            sys.executable, "-m", "capinfer_operator.main", "--all-namespaces", *mode,
             "--sidecar-image", "capinfer:test", "--log-level", "DEBUG",
             "--liveness", self.health_url,
         ]  # fmt: skip
@@ -119,20 +131,42 @@ class OperatorUnderTest:
             process.kill()
             process.wait()
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
+    def excuse(self, start_char: int, end_char: int) -> None:
+        """Refusals logged in this span are not counted (an API server that restarted
+        answers 403 until its authorizer has loaded RBAC)."""
+        self.excused.append((start_char, end_char))
+
     def refusals(self, since_char: int = 0) -> list[str]:
-        return refusals_in(self.log_text()[since_char:])
+        text = self.log_text()
+        found: list[str] = []
+        cursor = since_char
+        for start, end in sorted(self.excused):
+            if end > cursor:
+                found += refusals_in(text[cursor : max(cursor, start)])
+                cursor = max(cursor, end)
+        return found + refusals_in(text[cursor:])
 
 
-def render_operator_rbac(cluster: LocalCluster, release: str, namespace: str) -> str:
+def render_operator_rbac(cluster: LocalCluster, release: str, namespace: str, *values: str) -> str:
+    """The chart's RBAC for the operator; ``values``: ``--set`` arguments (key=value)."""
+    sets = [arg for value in values for arg in ("--set", value)]
     result = subprocess.run(
         [str(cluster.binaries.path("helm")), "template", release, str(CHART),
-         "--namespace", namespace, "--kube-version", RENDER_KUBE_VERSION,
+         "--namespace", namespace, "--kube-version", RENDER_KUBE_VERSION, *sets,
          "--show-only", "templates/rbac.yaml", "--show-only", "templates/serviceaccount.yaml"],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip

@@ -94,7 +94,9 @@ def test_create_deploys_children_that_become_ready(
     cluster: LocalCluster, namespace: str, restricted_operator: OperatorUnderTest
 ) -> None:
     apply(cluster, inference("resnet", namespace))
-    wait_for("the Deployment", lambda: get_json(cluster, "deploy", "resnet", "-n", namespace))
+    # The Service is applied last (ClusterIPs are allocated one at a time): once it is
+    # there, every child is.
+    wait_for("the Service", lambda: get_json(cluster, "service", "resnet", "-n", namespace))
     obj = get_json(cluster, "pci", "resnet", "-n", namespace)
     for kind, suffix in CHILDREN:
         found = get_json(cluster, kind, f"resnet{suffix}", "-n", namespace)
@@ -413,7 +415,9 @@ def test_specs_the_operator_cannot_honour_are_reported_not_retried(
     cluster: LocalCluster, namespace: str, restricted_operator: OperatorUnderTest
 ) -> None:
     conflicting = {**TRITON, "args": ["--model-control-mode=poll"]}
-    unmountable = {**TRITON, "modelRepository": {"volume": {"hostPath": {}}}}
+    # An NFS source without a server: the schema keeps volume sources open, the API server
+    # rejects the Deployment. (hostPath is refused by the schema itself.)
+    unmountable = {**TRITON, "modelRepository": {"volume": {"nfs": {}}}}
     apply(
         cluster,
         inference("conflict", namespace, replicas=0, triton=conflicting),
@@ -429,7 +433,7 @@ def test_specs_the_operator_cannot_honour_are_reported_not_retried(
     assert conflict["status"] == "False" and "spec.triton.args" in conflict["message"]
     assert get_json(cluster, "deploy", "conflict", "-n", namespace) is None
     unmountable_ready = condition(status_of(cluster, namespace, "unmountable"), "Ready")
-    assert "hostPath.path" in unmountable_ready["message"]
+    assert "nfs.server" in unmountable_ready["message"]
     for name, reason in [("conflict", "InvalidSpec"), ("unmountable", "ApplyRejected")]:
         wait_for(f"a {reason} event", lambda n=name, r=reason: r in event_reasons(
             cluster, namespace, n))  # fmt: skip

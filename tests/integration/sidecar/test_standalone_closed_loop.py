@@ -79,6 +79,9 @@ async def test_power_settles_in_the_band_and_follows_a_lower_cap(tmp_path: Path)
     assert over_150 <= 0.1 and over_110 <= 0.1
     assert counts.failed == 0 and counts.wrong == 0, counts.errors
     assert counts.succeeded > 1000
-    assert second[-1].batch_size is not None and second[-1].batch_size > 8, "batch never grew"
+    # The batch knob must have worked: the batch grew past the model's own 8 at some point.
+    # Under the lower cap, batch 8 at a higher clock is a valid end state (in the band).
+    sizes = [s.batch_size for s in first + second if s.batch_size is not None]
+    assert sizes and max(sizes) > 8, "batch never grew"
     assert exit_code == 0, f"the sidecar did not stop cleanly; see {pod.sidecar_log}"
     assert "SM clocks reset" in pod.sidecar_log.read_text()

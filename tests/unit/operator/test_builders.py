@@ -92,20 +92,68 @@ def test_the_startup_timeout_is_set_per_object_and_rolls_the_pods() -> None:
     )
 
 
-def test_sidecar_privileges_follow_clock_control() -> None:
-    with_clocks = containers(build_deployment(TARGET, SPEC, "i"))["capinfer-sidecar"]
-    assert with_clocks["securityContext"]["capabilities"] == {
-        "drop": ["ALL"],
-        "add": ["SYS_ADMIN"],
-    }
-    without = copy.deepcopy(SPEC)
-    without["power"]["clockControl"] = {"enabled": False}
-    plain = containers(build_deployment(TARGET, without, "i"))["capinfer-sidecar"]
-    context = plain["securityContext"]
-    assert context["runAsNonRoot"] is True and context["runAsUser"] == SIDECAR_UID
+def assert_unprivileged(container: dict[str, Any]) -> None:
+    context = container["securityContext"]
+    assert context["runAsNonRoot"] is True and context["runAsUser"] != 0
     assert context["capabilities"] == {"drop": ["ALL"]}
-    assert context["readOnlyRootFilesystem"] is True
     assert context["allowPrivilegeEscalation"] is False
+    assert context["privileged"] is False
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+@pytest.mark.parametrize("clock_control", [True, False])
+def test_no_container_is_privileged_whatever_clock_control_says(clock_control: bool) -> None:
+    spec = copy.deepcopy(SPEC)
+    spec["power"]["clockControl"] = {"enabled": clock_control}
+    spec["sidecar"] = {"image": "registry.example/anything:latest"}
+    pod = build_deployment(TARGET, spec, "i", "tcp://agent:9404")["spec"]["template"]["spec"]
+    for container in pod["containers"]:
+        assert_unprivileged(container)
+    sidecar = containers(build_deployment(TARGET, spec, "i"))["capinfer-sidecar"]
+    assert sidecar["securityContext"]["runAsUser"] == SIDECAR_UID
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert not any("hostPath" in volume for volume in pod["volumes"])
+    assert "hostNetwork" not in pod and "hostPID" not in pod
+
+
+def test_triton_gets_no_token_and_the_sidecar_its_own_two() -> None:
+    deployment = build_deployment(TARGET, SPEC, "i", "tcp://agent.capinfer-system.svc:9404")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    found = containers(deployment)
+    assert found["triton"]["volumeMounts"] == [
+        {"name": "models", "mountPath": "/models", "readOnly": True, "subPath": "repo"}
+    ]
+    mounts = {m["name"]: m["mountPath"] for m in found["capinfer-sidecar"]["volumeMounts"]}
+    assert mounts == {
+        "capinfer-api-token": "/var/run/secrets/kubernetes.io/serviceaccount",
+        "capinfer-node-agent-token": "/var/run/secrets/capinfer.io/node-agent",
+    }
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (agent_source,) = volumes["capinfer-node-agent-token"]["projected"]["sources"]
+    assert agent_source["serviceAccountToken"]["audience"] == "capinfer-node-agent"
+    api_sources = volumes["capinfer-api-token"]["projected"]["sources"]
+    assert "audience" not in api_sources[0]["serviceAccountToken"]  # the API server's own
+    env = {e["name"]: e.get("value") for e in found["capinfer-sidecar"]["env"]}
+    assert env["CAPINFER_NODE_AGENT"] == "tcp://agent.capinfer-system.svc:9404"
+    assert env["CAPINFER_NODE_AGENT_TOKEN"] == "/var/run/secrets/capinfer.io/node-agent/token"
+
+
+def test_without_an_agent_the_sidecar_is_told_none() -> None:
+    env = containers(build_deployment(TARGET, SPEC, "i"))["capinfer-sidecar"]["env"]
+    assert {"name": "CAPINFER_NODE_AGENT", "value": ""} in env
+
+
+@pytest.mark.parametrize("name", ["NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"])
+def test_triton_cannot_pick_its_own_gpus(name: str) -> None:
+    spec = copy.deepcopy(SPEC)
+    spec["triton"]["env"] = [{"name": name, "value": "all"}]
+    with pytest.raises(SpecError, match=f"spec.triton.env: {name}"):
+        build_deployment(TARGET, spec, "i")
 
 
 def test_power_changes_leave_the_pod_template_alone() -> None:
@@ -148,9 +196,9 @@ def test_service_exposes_triton_and_the_sidecar_metrics() -> None:
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "sidecar-metrics": 9400}
 
 
-def test_children_come_rbac_first() -> None:
+def test_children_come_account_first_and_service_last() -> None:
     kinds = [c["kind"] for c in build_children(TARGET, SPEC, "i")]
-    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "Service", "Deployment"]
+    assert kinds == ["ServiceAccount", "Deployment", "Role", "RoleBinding", "Service"]
 
 
 @pytest.mark.parametrize(
@@ -182,7 +230,9 @@ def test_the_deployment_carries_the_hash_of_its_pod_template() -> None:
     same = build_deployment(TARGET, replicas, "i")
     assert same["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] == annotation
     clocks_off = {**SPEC, "power": {**SPEC["power"], "clockControl": {"enabled": False}}}
-    rolled = build_deployment(TARGET, clocks_off, "i")
+    live = build_deployment(TARGET, clocks_off, "i")  # applied live by the sidecars
+    assert live["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] == annotation
+    rolled = build_deployment(TARGET, {**SPEC, "gpusPerReplica": 4}, "i")
     assert rolled["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] != annotation
 
 
@@ -273,3 +323,10 @@ def test_the_sidecar_role_binding_names_its_account() -> None:
     ]
     assert children["ServiceAccount"]["metadata"]["name"] == "resnet-capinfer-sidecar"
     assert all(c["metadata"]["namespace"] == "ml" for c in children.values())
+
+
+def test_a_host_path_model_repository_is_refused() -> None:
+    spec = copy.deepcopy(SPEC)
+    spec["triton"]["modelRepository"] = {"volume": {"hostPath": {"path": "/"}}}
+    with pytest.raises(SpecError, match="hostPath would give the pod the node's files"):
+        build_deployment(TARGET, spec, "i")

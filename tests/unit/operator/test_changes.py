@@ -31,10 +31,10 @@ def test_changed_fields_are_dotted_leaves() -> None:
     assert changed_fields(OLD, OLD) == []
 
 
-def test_power_is_live_except_the_clock_control_switch() -> None:
+def test_every_power_field_is_live() -> None:
     assert is_live("spec.power.capWatts")
     assert is_live("spec.power.clockControl.maxMHz")
-    assert not is_live("spec.power.clockControl.enabled")
+    assert is_live("spec.power.clockControl.enabled")  # no longer a privilege change
     assert not is_live("spec.triton.image")
     assert not is_live("spec.powerline")
 

@@ -7,13 +7,7 @@ import json
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from capinfer_operator.builders import TEMPLATE_HASH_ANNOTATION
-from capinfer_operator.kube import (
-    api_message,
-    is_transient,
-    namespace_terminating,
-    template_hash_of,
-)
+from capinfer_operator.kube import api_message, is_transient, namespace_terminating
 
 
 def error(status: int, body: dict[str, object] | None = None) -> ApiException:
@@ -54,10 +48,3 @@ def test_the_api_servers_own_words_name_the_field() -> None:
 )  # fmt: skip
 def test_what_is_worth_a_retry(status: int, transient: bool) -> None:
     assert is_transient(error(status)) is transient
-
-
-def test_template_hash_of_a_deployment() -> None:
-    assert template_hash_of(None) is None
-    assert template_hash_of({"metadata": {}}) is None
-    annotated = {"metadata": {"annotations": {TEMPLATE_HASH_ANNOTATION: "abc"}}}
-    assert template_hash_of(annotated) == "abc"

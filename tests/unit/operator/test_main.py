@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from capinfer_operator.main import build_parser, kopf_options
+from capinfer_operator.main import build_parser, kopf_options, start_priority
 
 
 def options(*argv: str, **environ: str) -> dict[str, object]:
@@ -35,6 +35,20 @@ def test_peering_for_high_availability() -> None:
     assert (peered["standalone"], peered["peering_name"]) == (False, "capinfer")
     assert options(CAPINFER_PEERING="ha")["peering_name"] == "ha"
     assert options("--standalone", CAPINFER_PEERING="ha")["standalone"] is True
+
+
+def test_the_replica_started_first_leads() -> None:
+    earlier = start_priority(1_800_000_000_000_000_000, 999)
+    later = start_priority(1_800_000_000_001_000_000, 0)  # one millisecond later
+    assert earlier > later > 0
+    assert start_priority(5_000_000, 1) != start_priority(5_000_000, 2)
+    assert start_priority(4_102_444_800 * 10**9, 999) < 2**53  # 2100: still exact in JSON
+
+
+def test_a_peered_replica_gets_a_priority_unless_one_is_given() -> None:
+    assert "priority" not in options()
+    assert isinstance(options("--peering", "capinfer")["priority"], int)
+    assert options("--peering", "x", "--peering-priority", "7")["priority"] == 7
 
 
 def test_peering_and_standalone_exclude_each_other() -> None:

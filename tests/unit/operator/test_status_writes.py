@@ -43,11 +43,13 @@ def deployment(replicas: int, ready: int) -> dict[str, Any]:
 
 
 def owner(replicas: int) -> dict[str, Any]:
-    return {
+    """The owner as the operator's index keeps it."""
+    body = {
         "metadata": {"name": "m", "namespace": "ns", "generation": 3},
         "spec": {"replicas": replicas},
         "status": {},
     }
+    return handlers.inferences(namespace="ns", name="m", body=kopf.Body(body))[("ns", "m")]
 
 
 async def changed(memo: kopf.Memo, body: dict[str, Any], replicas: int) -> None:
@@ -71,7 +73,7 @@ def memo_with(monkeypatch: pytest.MonkeyPatch) -> Any:
         memo = kopf.Memo()
         memo["applier"] = api
         memo["replica_book"] = ReplicaBook()
-        memo["status_threads"] = pool = ThreadPoolExecutor(2)
+        memo["pools"] = {"status": (pool := ThreadPoolExecutor(2))}
         pools.append(pool)
         return memo
 

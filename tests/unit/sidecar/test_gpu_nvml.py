@@ -17,6 +17,7 @@ from unittest import mock
 
 import pytest
 
+from capinfer_node_agent.nvml import NvmlControls
 from capinfer_sidecar.gpu import (
     GpuError,
     GpuInvalidArgumentError,
@@ -52,6 +53,9 @@ NVML_FUNCTIONS = (
     "nvmlDeviceGetMemoryInfo",
     "nvmlDeviceSetGpuLockedClocks",
     "nvmlDeviceResetGpuLockedClocks",
+    "nvmlDeviceGetPowerManagementLimitConstraints",
+    "nvmlDeviceGetPowerManagementDefaultLimit",
+    "nvmlDeviceSetPowerManagementLimit",
 )
 
 
@@ -203,6 +207,12 @@ def test_a_driver_without_the_field_call_falls_back_too(nvml: SimpleNamespace) -
         assert gpu.power_watts() == pytest.approx(150.0)
 
 
+def test_the_sidecars_devices_have_no_privileged_knob(nvml: SimpleNamespace) -> None:
+    with NvmlSession() as session:
+        (gpu,) = session.gpus(["GPU-aaaa"])
+    assert not any(name.startswith(("set_", "reset_")) for name in dir(gpu))
+
+
 def test_no_permission_on_clock_control_is_a_typed_refusal(nvml: SimpleNamespace) -> None:
     nvml.nvmlDeviceSetGpuLockedClocks.side_effect = pynvml.NVMLError(
         pynvml.NVML_ERROR_NO_PERMISSION
@@ -210,7 +220,7 @@ def test_no_permission_on_clock_control_is_a_typed_refusal(nvml: SimpleNamespace
     with NvmlSession() as session:
         (gpu,) = session.gpus(["GPU-aaaa"])
         with pytest.raises(GpuPermissionError) as raised:
-            gpu.set_locked_sm_clock_mhz(1410)
+            NvmlControls(gpu).set_locked_sm_clock_mhz(1410)
     assert isinstance(raised.value, GpuRefusedError)
     assert isinstance(raised.value.__cause__, pynvml.NVMLError_NoPermission)
     assert "set_locked_sm_clock_mhz" in str(raised.value)
@@ -220,10 +230,27 @@ def test_no_permission_on_clock_control_is_a_typed_refusal(nvml: SimpleNamespace
 def test_clocks_are_locked_and_reset_on_the_chosen_gpu(nvml: SimpleNamespace) -> None:
     with NvmlSession() as session:
         (gpu,) = session.gpus(["GPU-bbbb"])
-        gpu.set_locked_sm_clock_mhz(1200)
-        gpu.reset_sm_clock()
+        controls = NvmlControls(gpu)
+        controls.set_locked_sm_clock_mhz(1200)
+        controls.reset_sm_clock()
     nvml.nvmlDeviceSetGpuLockedClocks.assert_called_once_with(H100_B, 1200, 1200)
     nvml.nvmlDeviceResetGpuLockedClocks.assert_called_once_with(H100_B)
+
+
+def test_the_board_power_limit_is_set_in_milliwatts_and_read_back(nvml: SimpleNamespace) -> None:
+    nvml.nvmlDeviceGetPowerManagementLimitConstraints.return_value = (200_000, 700_000)
+    nvml.nvmlDeviceGetPowerManagementDefaultLimit.return_value = 700_000
+    nvml.nvmlDeviceGetEnforcedPowerLimit.return_value = 350_000
+    with NvmlSession() as session:
+        (gpu,) = session.gpus(["GPU-aaaa"])
+        controls = NvmlControls(gpu)
+        limits = controls.power_limit_range()
+        controls.set_power_limit_watts(limits.clamp(350.4))
+        enforced = controls.enforced_power_limit_watts()
+    assert (limits.min_watts, limits.max_watts, limits.default_watts) == (200.0, 700.0, 700.0)
+    assert limits.clamp(120.0) == 200.0 and limits.clamp(900.0) == 700.0
+    nvml.nvmlDeviceSetPowerManagementLimit.assert_called_once_with(H100_A, 350_400)
+    assert enforced == 350.0
 
 
 @pytest.mark.parametrize(
