@@ -48,7 +48,11 @@ from typing import Any
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
 from capinfer_sidecar.policies.batchsizer import usable_batch_sizes
 from capinfer_sidecar.policies.caphistory import CapChange, hunting_floor_watts
-from capinfer_sidecar.policies.clocktrim import highest_level_under, level_under_limit
+from capinfer_sidecar.policies.clocktrim import (
+    highest_level_under,
+    highest_level_within,
+    level_under_limit,
+)
 from capinfer_sidecar.policies.ladder import index_at_or_below, nearest_index
 from capinfer_sidecar.policies.model import Lean, ModelPriors, PlantModel
 from capinfer_sidecar.policies.observe import not_lower
@@ -179,6 +183,7 @@ class Adaptive(Policy):
         self._settings: PowerSettings | None = None
         self._ladder: tuple[int, ...] = ()
         self._clocks: tuple[int, ...] = ()
+        self._clock_set: frozenset[int] = frozenset()
         self._batch = 1
         self._clock: int | None = None
         self._clock_quiet_samples = 0
@@ -714,13 +719,30 @@ class Adaptive(Policy):
             if estimate is None or estimate > self.limit_watts:
                 return None
             return Knobs(batch, None)
-        for clock in reversed(self._clocks):
-            estimate = self._peak(batch, clock, lean=lean, remembered=True)
-            if estimate is None:
-                return None
-            if estimate <= self.limit_watts:
-                return Knobs(batch, clock)
-        return None
+        if self._model.power_fit(self._now_s) is None:
+            # Nothing fitted: only pairs with readings have an estimate, and the top clock
+            # must be one of them for any level to be known to fit.
+            for clock in reversed(self._clocks):
+                estimate = self._peak(batch, clock, lean=lean, remembered=True)
+                if estimate is None:
+                    return None
+                if estimate <= self.limit_watts:
+                    return Knobs(batch, clock)
+            return None
+        # With a fit every level has an estimate, rising with the clock except where the
+        # pair has readings of its own: bisected, not scanned (dense ladders).
+        own = {
+            clock: self._peak(batch, clock, lean=lean, remembered=True)
+            for clock in self._table.cells_for_batch(batch, self._now_s)
+            if clock is not None and clock in self._clock_set
+        }
+        found = highest_level_within(
+            self._clocks,
+            self.limit_watts,
+            lambda clock: self._peak(batch, clock, lean=lean, remembered=True) or 0.0,
+            own,
+        )
+        return None if found is None else Knobs(batch, found)
 
     def _smaller_batch(self, batch: int, reading_watts: float | None = None) -> int | None:
         """The largest smaller rung estimated to fit (at the lowest clock); else the smallest.
@@ -899,6 +921,7 @@ class Adaptive(Policy):
             else:
                 self._set_clock(clocks[index_at_or_below(clocks, self._clock)], self._now_s)
             self._clocks = clocks
+            self._clock_set = frozenset(clocks)
             self._model.top_mhz = clocks[-1] if clocks else None
         return notes
 

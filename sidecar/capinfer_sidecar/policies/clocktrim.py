@@ -10,7 +10,7 @@ its clock cuts (:class:`capinfer_sidecar.policies.adaptive.Adaptive`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 PeakAt = Callable[[int], "float | None"]
 """Estimated peak power at a clock level; None when nothing is known."""
@@ -58,3 +58,30 @@ def highest_level_under(
         if peak is not None and peak <= limit_watts:
             return candidate
     return clocks[0]
+
+
+def highest_level_within(
+    clocks: Sequence[int],
+    limit_watts: float,
+    on_curve: Callable[[int], float],
+    own: Mapping[int, float | None],
+) -> int | None:
+    """The highest level whose estimated peak is at or under the limit; None if none is.
+
+    ``own`` holds the levels with readings of their own, and their estimates (which need not
+    follow any curve: noise, a level found too hot). Every other level's estimate is
+    ``on_curve``, which must not fall as the clock rises (power grows with the clock), so
+    those levels are bisected: a handful of estimates on a 110-level ladder, not one each.
+    The answer is the one a scan from the top would give.
+    """
+    regular = [c for c in clocks if c not in own]
+    low, high = 0, len(regular)  # regular[:low] fit, regular[high:] do not
+    while low < high:
+        middle = (low + high) // 2
+        if on_curve(regular[middle]) <= limit_watts:
+            low = middle + 1
+        else:
+            high = middle
+    found = [regular[low - 1]] if low > 0 else []
+    found += [c for c, peak in own.items() if peak is not None and peak <= limit_watts]
+    return max(found) if found else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from capinfer_sidecar.policies.clocktrim import (
     highest_level_under,
+    highest_level_within,
     level_under_limit,
     rescaled_peak_watts,
 )
@@ -61,3 +62,37 @@ def test_a_cap_drop_goes_to_the_highest_level_with_an_estimate_under_the_limit()
     target = highest_level_under(H100_NVML_MHZ, 1980, 200.0, estimate)
     assert estimate(target) is not None
     assert estimate(target) <= 200.0 < estimate(target + 15)  # type: ignore[operator]
+
+
+def _scan_from_top(
+    clocks: tuple[int, ...], limit: float, curve: dict[int, float], own: dict[int, float | None]
+) -> int | None:
+    for clock in reversed(clocks):
+        peak = own[clock] if clock in own else curve[clock]
+        if peak is not None and peak <= limit:
+            return clock
+    return None
+
+
+def test_bisection_gives_what_a_scan_from_the_top_gives() -> None:
+    # A rising curve, with levels of their own off it: hotter than the curve (found too
+    # hot), cooler (measured), and one with no estimate.
+    curve = {c: 100.0 + 300.0 * (c / 1980) ** 2.0 for c in H100_NVML_MHZ}
+    own: dict[int, float | None] = {1200: 500.0, 1965: 250.0, 600: None, 345: 90.0}
+    for limit in (80.0, 95.0, 150.0, 240.0, 260.0, 300.0, 350.0, 399.0, 400.0, 450.0):
+        for levels in (H100_NVML_MHZ, SPARSE_MHZ):
+            present = {c: p for c, p in own.items() if c in levels}
+            found = highest_level_within(levels, limit, curve.__getitem__, present)
+            assert found == _scan_from_top(levels, limit, curve, present), (limit, levels)
+
+
+def test_bisection_asks_the_curve_a_handful_of_times() -> None:
+    asked: list[int] = []
+
+    def curve(level: int) -> float:
+        asked.append(level)
+        return 100.0 + 300.0 * (level / 1980) ** 2.0
+
+    found = highest_level_within(H100_NVML_MHZ, 300.0, curve, {})
+    assert found is not None and curve(found) <= 300.0
+    assert len(asked) <= 9  # log2(110) + 1 + the check above, where a scan asks ~40
