@@ -825,7 +825,12 @@ class Adaptive(Policy):
             return None
         shifted = max(fit.exponent - self._tuning.hopeful_exponent_shift, 0.5)
         hopeful_fit = self._model.latency_fit(self._now_s, self._fit_evidence_s, shifted) or fit
-        only_prior = len(self._table.batches_seen(self._now_s)) < 2
+        seen = self._table.batches_seen(self._now_s)
+        # With clocks a probe enters at the clock its cautious estimate allows, and climbs.
+        # Without, there is no clock to enter low: the cautious estimate would forbid every
+        # batch size whose power is at all uncertain, and the best guess has to do.
+        entry_lean = Lean.CAUTIOUS if self._clocks else Lean.CENTRAL
+        only_prior = len(seen) < 2
         best: Candidate | None = None
         for batch in self._ladder:
             if batch == self._batch or batch in self._probed or not self._within_reach(batch):
@@ -835,22 +840,30 @@ class Adaptive(Policy):
             if self._model.rate(batch, None, self._now_s, self._tuning.measure_s) is not None:
                 continue  # measured: _best_known judges it
             hopeful = self._fit(batch, lean=Lean.HOPEFUL)
-            entry = self._fit(batch, lean=Lean.CAUTIOUS)
+            entry = self._fit(batch, lean=entry_lean)
             if hopeful is None or entry is None:
                 continue
             central = self._fit(batch, lean=Lean.CENTRAL) or entry
             hope = self._model.predicted_rate(hopeful_fit, batch, hopeful.sm_clock_mhz)
             guess = self._model.predicted_rate(fit, batch, central.sm_clock_mhz)
-            if self._probes == 0:
+            bracketed = any(b < batch for b in seen) and any(b > batch for b in seen)
+            if bracketed:
+                # Between two measured batch sizes the model interpolates, and its error is
+                # of the order of the gains at stake near the best: with throughput against
+                # batch size single-peaked under a cap, the best may well lie here. Worth
+                # one reload when it could merely match the current rate.
+                believed = hoped = hope >= rate
+            elif self._probes == 0:
                 believed = (
                     only_prior
                     or guess > rate * (1.0 + self._gain_needed(batch, True))
                     or hope > rate * (1.0 + self._tuning.bold_probe_gain)
                 )
+                hoped = hope > rate * (1.0 + self._tuning.probe_gain)
             else:
                 # Later probes need the best guess itself to promise the probe gain.
                 believed = guess > rate * (1.0 + self._tuning.probe_gain)
-            hoped = hope > rate * (1.0 + self._tuning.probe_gain)
+                hoped = hope > rate * (1.0 + self._tuning.probe_gain)
             if hoped and believed and (best is None or guess > best.expected_rate):
                 best = Candidate(entry, guess, hope, measured=False)
         return best
