@@ -224,3 +224,25 @@ def test_an_infeasible_cap_holds_the_least_power_setting_and_says_so() -> None:
     assert "infeasible" in during[-1].reason
     after = [d for o, d in zip(run.observations, run.decisions[1:], strict=False) if o.now_s > 40.5]
     assert after and not any(d.infeasible for d in after)
+
+
+def test_readings_are_taken_to_sit_above_the_truth_once_the_noise_is_learned() -> None:
+    # Each reading is the highest of five noisy reads: a pair that truly meets the cap reads
+    # over it. Once the noise is learned the cap as readings see it is raised by
+    # reading_bias_sigmas of it; on the prior alone, not at all.
+    policy = Adaptive()
+    plant = gpu(noise_watts=3.0)
+    policy.start(settings(140.0), 0.0)
+    assert policy.reading_cap_watts == 140.0
+    run = drive(policy, plant, settings(140.0), duration_s=30)
+    noise = policy._table.noise_watts  # what the policy learned
+    assert 1.0 < noise < 4.0
+    assert policy.reading_cap_watts == pytest.approx(140.0 + noise)
+    assert policy.limit_watts > 140.0 - policy.tuning.max_headroom * 140.0
+    assert run.seconds_over_cap(0.1) <= 0.02 * 30
+
+
+def test_no_reading_bias_holds_readings_to_the_cap_itself() -> None:
+    policy = Adaptive(reading_bias_sigmas=0.0)
+    drive(policy, gpu(noise_watts=3.0), settings(140.0), duration_s=30)
+    assert policy.reading_cap_watts == 140.0
