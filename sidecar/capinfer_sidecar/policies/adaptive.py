@@ -22,8 +22,10 @@ for the estimate's error (a share of the cap, or of the learned sensor noise). E
    has been quiet and the current pair's throughput is measured, the *planner* reloads to a
    measured batch size known to do better at the clock it would settle at, or *probes* one
    never measured that the model says could (hopeful estimates) and likely will (best guess)
-   do better, near a measured one, a limited number of times per cap. A larger batch size
-   needs a little less gain: at a lower clock it leaves a cap rise to the clock alone.
+   do better, near a measured one, a limited number of times per cap -- or, between two
+   measured ones, that could merely match (the model's error there is the size of the
+   gains). A larger batch size needs a little less gain: at a lower clock it leaves a cap
+   rise to the clock alone.
    A move to a larger batch size lowers the clock first, so its first samples are safe.
 
 Under light load (batches formed below the max batch size) the batch size stays, and the
@@ -34,9 +36,10 @@ be safe; the planner then starts over with what the table knows. Without clock c
 same logic works on the batch size alone.
 
 Parts that stand alone (pure, tested on their own): :mod:`.clocktrim` (which clock level a
-cut goes to, by power), :mod:`.caphistory` (whether the cap is hunting), :mod:`.model` and
-:mod:`.table` (what was seen, and the fit). The batch planner and the probing are still
-methods of this class. Which tuning constants matter, and why: :class:`AdaptiveTuning`.
+cut goes to, and where a batch size fits, by power), :mod:`.planner` (which batch size is
+worth a reload: measured, or probed), :mod:`.caphistory` (whether the cap is hunting),
+:mod:`.model` and :mod:`.table` (what was seen, and the fit). This class gathers what they
+need and acts. Which tuning constants matter, and why: :class:`AdaptiveTuning`.
 """
 
 from __future__ import annotations
@@ -56,6 +59,14 @@ from capinfer_sidecar.policies.clocktrim import (
 from capinfer_sidecar.policies.ladder import index_at_or_below, nearest_index
 from capinfer_sidecar.policies.model import Lean, ModelPriors, PlantModel
 from capinfer_sidecar.policies.observe import not_lower
+from capinfer_sidecar.policies.planner import (
+    Candidate,
+    Gains,
+    Measured,
+    Unmeasured,
+    best_measured,
+    best_probe,
+)
 from capinfer_sidecar.policies.table import PlantTable
 
 
@@ -135,7 +146,7 @@ class AdaptiveTuning:
     probe_gain: float = 0.05
     """Relative gain a batch size never measured must hopefully promise to be tried."""
     larger_batch_preference: float = 0.02
-    """How much less gain a move to a larger batch size needs (see ``_gain_needed``)."""
+    """How much less gain a move to a larger batch size needs (see :func:`.planner.gain_needed`)."""
     reload_timeout_s: float = 60.0
     """A batch-size change not in effect after this long (and no reload in flight) failed."""
     switch_gain: float = 0.03
@@ -163,18 +174,6 @@ class AdaptiveTuning:
             raise ValueError(f"dwell_samples must be at least 1, got {self.dwell_samples}")
         if self.max_climb_ratio <= 1.0:
             raise ValueError(f"max_climb_ratio must exceed 1, got {self.max_climb_ratio}")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A batch size the planner may reload to."""
-
-    knobs: Knobs
-    """The pair to move to (a probe enters at a cautious clock)."""
-    expected_rate: float
-    """Measured (rescaled to its clock), or the best guess for one never measured."""
-    hoped_rate: float
-    measured: bool
 
 
 class Adaptive(Policy):
@@ -801,19 +800,20 @@ class Adaptive(Policy):
         """
         return self._best_known(rate) or self._best_probe(rate)
 
-    def _gain_needed(self, batch: int, exact: bool) -> float:
-        """The relative gain a move to ``batch`` must promise.
-
-        A rate rescaled from another clock needs twice the switch gain. A larger batch size
-        needs less: at a lower clock it leaves a cap rise to the clock alone (no reload).
-        """
-        gain = self._tuning.switch_gain * (1.0 if exact else 2.0)
-        if batch > self._batch:
-            gain -= self._tuning.larger_batch_preference
-        return max(gain, 0.0)
+    @property
+    def _gains(self) -> Gains:
+        tuning = self._tuning
+        return Gains(
+            switch_gain=tuning.switch_gain,
+            larger_batch_preference=tuning.larger_batch_preference,
+            probe_gain=tuning.probe_gain,
+            bold_probe_gain=tuning.bold_probe_gain,
+        )
 
     def _best_known(self, rate: float) -> Candidate | None:
-        best: Candidate | None = None
+        """The best measured batch size worth a reload (:func:`.planner.best_measured`), each
+        judged at the pair it would run at under the limit (central estimate)."""
+        options: list[Measured] = []
         for batch in self._ladder:
             if batch == self._batch or not self._usable(batch):
                 continue
@@ -825,22 +825,17 @@ class Adaptive(Policy):
             found = self._model.rate_and_source(
                 batch, pair.sm_clock_mhz, self._now_s, self._tuning.measure_s
             )
-            if found is None:
-                continue
-            expected, exact = found
-            needed = rate * (1.0 + self._gain_needed(batch, exact))
-            if expected > needed and (best is None or expected > best.expected_rate):
-                best = Candidate(pair, expected, expected, measured=True)
-        return best
+            if found is not None:
+                options.append(Measured(pair, found[0], found[1]))
+        return best_measured(rate, self._batch, options, self._gains)
 
     def _best_probe(self, rate: float) -> Candidate | None:
-        """An unmeasured batch size worth a try, if any.
+        """An unmeasured batch size worth a try, if any (:func:`.planner.best_probe`).
 
-        Judged on the latency fit: worth a reload when, with hopeful power and batch-time
-        estimates, it could beat ``rate`` by the probe gain, and the best guess (central
-        estimates) is a gain too -- with one batch size measured the guess is only the prior,
-        and the hope decides; so does a bold hope. Of those, the one the best guess favours.
-        A probe enters at the cautious pair, so that its first samples stay under the cap.
+        Judged on the latency fit, with hopeful and with central (best guess) power and
+        batch-time estimates; only batch sizes near a measured one, not probed since the cap
+        changed, and within the probes left. A probe enters at the cautious pair, so that
+        its first samples stay under the cap.
         """
         fit = self._model.latency_fit(self._now_s, self._fit_evidence_s)
         if fit is None or self._probes_left() <= 0:
@@ -852,8 +847,7 @@ class Adaptive(Policy):
         # Without, there is no clock to enter low: the cautious estimate would forbid every
         # batch size whose power is at all uncertain, and the best guess has to do.
         entry_lean = Lean.CAUTIOUS if self._clocks else Lean.CENTRAL
-        only_prior = len(seen) < 2
-        best: Candidate | None = None
+        options: list[Unmeasured] = []
         for batch in self._ladder:
             if batch == self._batch or batch in self._probed or not self._within_reach(batch):
                 continue
@@ -866,29 +860,22 @@ class Adaptive(Policy):
             if hopeful is None or entry is None:
                 continue
             central = self._fit(batch, lean=Lean.CENTRAL) or entry
-            hope = self._model.predicted_rate(hopeful_fit, batch, hopeful.sm_clock_mhz)
-            guess = self._model.predicted_rate(fit, batch, central.sm_clock_mhz)
-            bracketed = any(b < batch for b in seen) and any(b > batch for b in seen)
-            if bracketed:
-                # Between two measured batch sizes the model interpolates, and its error is
-                # of the order of the gains at stake near the best: with throughput against
-                # batch size single-peaked under a cap, the best may well lie here. Worth
-                # one reload when it could merely match the current rate.
-                believed = hoped = hope >= rate
-            elif self._probes == 0:
-                believed = (
-                    only_prior
-                    or guess > rate * (1.0 + self._gain_needed(batch, True))
-                    or hope > rate * (1.0 + self._tuning.bold_probe_gain)
+            options.append(
+                Unmeasured(
+                    entry,
+                    hope=self._model.predicted_rate(hopeful_fit, batch, hopeful.sm_clock_mhz),
+                    guess=self._model.predicted_rate(fit, batch, central.sm_clock_mhz),
+                    bracketed=any(b < batch for b in seen) and any(b > batch for b in seen),
                 )
-                hoped = hope > rate * (1.0 + self._tuning.probe_gain)
-            else:
-                # Later probes need the best guess itself to promise the probe gain.
-                believed = guess > rate * (1.0 + self._tuning.probe_gain)
-                hoped = hope > rate * (1.0 + self._tuning.probe_gain)
-            if hoped and believed and (best is None or guess > best.expected_rate):
-                best = Candidate(entry, guess, hope, measured=False)
-        return best
+            )
+        return best_probe(
+            rate,
+            self._batch,
+            options,
+            self._gains,
+            first=self._probes == 0,
+            only_prior=len(seen) < 2,
+        )
 
     @property
     def _fit_evidence_s(self) -> float:
