@@ -422,6 +422,7 @@ def render_markdown(
         *_reproduction_section(bench),
         *_jobs_section(bench),
         *_cap_changes_section(bench),
+        *_latency_section(bench),
         *_faults_section(bench),
         *_failures_section(bench),
     ]
@@ -600,6 +601,52 @@ def _jobs_section(bench: BenchResult) -> list[str]:
                 f"| {m.mean_batch_setting:.1f} |"
             )
     return [*rows, ""]
+
+
+def _latency_section(bench: BenchResult) -> list[str]:
+    """p99 against the SLO, when a job sets one (``latency_slo_ms``); every job's p99 then,
+    so that a job without an SLO shows what the policies do without one."""
+    if all(o.job.config.latency_slo_ms is None for o in bench.jobs):
+        return []
+    jobs = bench.jobs
+    rows = [
+        "## Latency SLO",
+        "",
+        "p99 of every request of the run (queue + preparation + execution, as Triton measures"
+        " it in the server; see `capinfer_sidecar.sim.latency` for the model and its"
+        " assumptions). *Over SLO*: time Triton's p99 (its 60 s window, which the sidecar"
+        " holds the SLO against) was over the SLO; *misses*: the times it went over, as the"
+        " sidecar counts them. The oracle holds no SLO.",
+        "",
+        "| job | SLO (ms) | policy | p99 (ms) | met | over SLO | misses | throughput (/s) "
+        "| over cap |",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for outcome in jobs:
+        slo = outcome.job.config.latency_slo_ms
+        oracle = outcome.oracle.metrics
+        rows.append(
+            f"| {outcome.job.name} | {_num(slo, 0)} | *oracle* | {_num(oracle.p99_latency_ms)} "
+            f"| {_met(oracle.p99_latency_ms, slo)} | | | {oracle.throughput_ips:.1f} "
+            f"| {100 * oracle.over_cap_fraction:.2f}% |"
+        )
+        for policy in bench.policies:
+            m = outcome.metrics(policy)
+            if m is None:
+                rows.append(f"| | | {policy} | failed | | | | | |")
+                continue
+            rows.append(
+                f"| | | {policy} | {_num(m.p99_latency_ms)} | {_met(m.p99_latency_ms, slo)} "
+                f"| {m.seconds_over_slo:.1f} s | {m.slo_misses} | {m.throughput_ips:.1f} "
+                f"| {100 * m.over_cap_fraction:.2f}% |"
+            )
+    return [*rows, ""]
+
+
+def _met(p99_ms: float | None, slo_ms: float | None) -> str:
+    if p99_ms is None or slo_ms is None:
+        return "—"
+    return "yes" if p99_ms <= slo_ms else "no"
 
 
 def _cap_changes_section(bench: BenchResult) -> list[str]:

@@ -145,9 +145,13 @@ class LocalPod:
         )
         repository = self.work_dir / "models"
         write_model_repository(repository, model)
+        from capinfer_sidecar.triton import SUMMARY_LATENCIES_ARG  # noqa: PLC0415
+
+        # As the operator runs it: with the latency summaries the sidecar reads p99 from.
         self.triton = LocalTritonServer(
-            repository, self.work_dir / "triton", load_models=[model.name], stop_timeout_s=8.0
-        )
+            repository, self.work_dir / "triton", load_models=[model.name], stop_timeout_s=8.0,
+            extra_args=[SUMMARY_LATENCIES_ARG],
+        )  # fmt: skip
         self.triton.start()
         agent_args: list[str] = []
         if self.local_agent:

@@ -140,6 +140,8 @@ def _repository(spec: Mapping[str, Any]) -> tuple[str, list[Manifest], list[Mani
     raise SpecError("spec.triton.modelRepository: set one of uri, persistentVolumeClaim, volume")
 
 
+TRITON_SUMMARY_LATENCIES_ARG = "--metrics-config=summary_latencies=true"
+
 OWN_TRITON_FLAGS = (
     "--model-repository",
     "--model-control-mode",
@@ -166,6 +168,9 @@ def triton_args(spec: Mapping[str, Any], repository: str) -> list[str]:
         f"--http-port={TRITON_HTTP_PORT}",
         f"--grpc-port={TRITON_GRPC_PORT}",
         f"--metrics-port={TRITON_METRICS_PORT}",
+        # The sidecar reads the model's p99 latency from these summaries (spec.latencySLO);
+        # always on, so that setting or changing an SLO never restarts a pod.
+        TRITON_SUMMARY_LATENCIES_ARG,
         *extra,
     ]
 

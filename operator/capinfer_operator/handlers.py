@@ -65,6 +65,7 @@ from capinfer_operator.status import (
     aggregate_pods,
     condition,
     conditions_already_set,
+    latency_slo_status,
     numbers_due,
     removal_patch,
     stale_pods,
@@ -639,6 +640,12 @@ async def sidecar_reports(
     fields, conditions = aggregate_pods(
         pods, cap_watts, generation, now(), clock_control_wanted=clock_control_enabled(spec)
     )
+    slo_ms = (spec.get("latencySLO") or {}).get("p99Ms")
+    slo_fields, slo_conditions = latency_slo_status(
+        pods, None if slo_ms is None else float(slo_ms), generation, now()
+    )
+    fields.update(slo_fields)
+    conditions.extend(slo_conditions)
     existing = list(status.get("conditions", []))
     updated = updated_conditions(existing, conditions)
     # Per object; only this coroutine, on the event loop, reads and writes it.

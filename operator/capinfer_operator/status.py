@@ -260,6 +260,49 @@ def aggregate_pods(
     return fields, [cap_met, clock]
 
 
+CAP_WINS_MARK = "the cap wins"
+"""How a sidecar's sloMessage says the cap is what keeps the SLO from holding."""
+
+
+def latency_slo_status(
+    pods: Sequence[Mapping[str, Any]], slo_ms: float | None, generation: int, now: str
+) -> tuple[dict[str, Any], list[Condition]]:
+    """The worst p99 over the pods and, with ``spec.latencySLO``, the LatencySLO condition."""
+    p99s = [float(p["p99LatencyMs"]) for p in pods if "p99LatencyMs" in p]
+    fields: dict[str, Any] = {"p99LatencyMs": max(p99s)} if p99s else {}
+    if slo_ms is None:
+        return fields, []
+    fields["sloMisses"] = sum(int(p.get("sloMisses", 0)) for p in pods)
+    unmet = [p for p in pods if p.get("sloMessage")]
+    over = sorted(
+        str(p["name"]) for p in pods if float(p.get("p99LatencyMs", 0.0)) > slo_ms
+    )  # fmt: skip
+    if unmet:
+        cap_wins = any(CAP_WINS_MARK in str(p["sloMessage"]) for p in unmet)
+        cond = condition(
+            "LatencySLO", False, "CapWins" if cap_wins else "Unreachable",
+            _pod_messages(unmet, "sloMessage"), generation=generation, now=now,
+        )  # fmt: skip
+    elif over:
+        cond = condition(
+            "LatencySLO", False, "OverSLO",
+            f"p99 over {slo_ms:g} ms, batch sizes coming down: {', '.join(over)}",
+            generation=generation, now=now,
+        )  # fmt: skip
+    elif not p99s:
+        cond = condition(
+            "LatencySLO", None, "NoLatency",
+            "Triton reports no p99 yet (no requests, or its latency summaries are off)",
+            generation=generation, now=now,
+        )  # fmt: skip
+    else:
+        cond = condition(
+            "LatencySLO", True, "WithinSLO", f"every pod's p99 under {slo_ms:g} ms",
+            generation=generation, now=now,
+        )  # fmt: skip
+    return fields, [cond]
+
+
 def _pod_messages(pods: Sequence[Mapping[str, Any]], key: str) -> str:
     """``pod-a: why; pod-b: why``, sorted by pod."""
     return "; ".join(f"{p['name']}: {p.get(key) or 'no details'}" for p in sorted(

@@ -18,7 +18,12 @@ from typing import Any
 
 from capinfer_sidecar.loop import ControlLoop
 from capinfer_sidecar.policies.base import Policy, PowerSettings
-from capinfer_sidecar.settings import InvalidPowerSpecError, PowerSpec, parse_power_spec
+from capinfer_sidecar.settings import (
+    InvalidPowerSpecError,
+    PowerSpec,
+    parse_power_spec,
+    policy_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +68,10 @@ class SpecFollower:
             if isinstance(version, InvalidPowerSpecError):
                 raise version
             new = parse_power_spec(version)
-            policy = self._make_policy(new) if new.policy != self.spec.policy else None
+            rebuild = new.policy != self.spec.policy or policy_options(new) != policy_options(
+                self.spec
+            )
+            policy = self._make_policy(new) if rebuild else None
             settings = self._make_settings(new)
         except ValueError as error:  # InvalidPowerSpecError, or settings out of range
             self.status.rejected_total += 1
@@ -77,6 +85,7 @@ class SpecFollower:
         if policy is not None:
             self.control.switch_policy(policy)
         self.control.sample_interval_s = new.sample_interval_s
+        self.control.set_latency_slo_ms(new.p99_slo_ms)
         self.control.update_settings(settings)
         if new != self.spec:
             log.info("spec.power applied: cap %.0f W, policy %s", new.cap_watts, new.policy)

@@ -29,6 +29,8 @@ import urllib3.exceptions
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from capinfer_sidecar.settings import LATENCY_SLO_KEY
+
 GROUP = "capinfer.io"
 VERSION = "v1alpha1"
 PLURAL = "powercappedinferences"
@@ -108,6 +110,15 @@ def is_expected(error: BaseException) -> bool:
     return isinstance(error, (ApiException, *CONNECTION_ERRORS))
 
 
+def live_settings_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec.power``, with ``spec.latencySLO`` under its key: the settings the sidecar follows."""
+    spec = obj.get("spec") or {}
+    live = dict(spec.get("power") or {})
+    if spec.get("latencySLO") is not None:
+        live[LATENCY_SLO_KEY] = spec["latencySLO"]
+    return live
+
+
 class PowerSpecWatch:
     """Yields ``spec.power`` of one object each time it changes (and once at start).
 
@@ -146,7 +157,7 @@ class PowerSpecWatch:
         """
         obj = self._read()
         read_worked()
-        push(dict(obj.get("spec", {}).get("power", {})))
+        push(live_settings_of(obj))
         since: dict[str, Any] = (
             {"resource_version": obj["metadata"]["resourceVersion"]} if from_read else {}
         )
@@ -166,7 +177,7 @@ class PowerSpecWatch:
                 stream.stop()  # type: ignore[no-untyped-call]
                 return
             if event["type"] in ("ADDED", "MODIFIED"):
-                push(dict(event["object"].get("spec", {}).get("power", {})))
+                push(live_settings_of(event["object"]))
 
     def _pump(
         self,

@@ -19,6 +19,11 @@ Clocks it locked are reset when it stops; when it fails, it locks the lowest clo
 the error leaves :meth:`ControlLoop.run`, so the supervisor's backoff runs on safe clocks.
 Readings taken before new settings (a new cap) are never judged against them: the policy
 answers the new cap at once, and its next observation is of a whole interval after it.
+
+A latency SLO (``latency_slo_ms``) is held beside the cap for every policy alike: a
+:class:`~capinfer_sidecar.policies.slo.LatencyGuard` fed Triton's p99 shortens the batch-size
+ladder the policy sees while p99 is over the SLO, and lengthens it again with slack. The
+policy still holds the cap on that ladder, so the cap wins whenever both cannot hold.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field, replace
 
 from capinfer_sidecar.gpu.errors import GpuError, GpuLostError, GpuRefusedError
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
+from capinfer_sidecar.policies.slo import LatencyGuard
 from capinfer_sidecar.ports import InferenceServer, PowerMeter, ServerCounters
 from capinfer_sidecar.reloads import ReloadGovernor
 
@@ -80,6 +86,17 @@ class LoopSnapshot:
     """Why the requested batch size is not being loaded now, when it is not."""
     cap_infeasible: bool = False
     """The policy found the cap below what its least-power setting draws (and holds it)."""
+    p99_latency_ms: float | None = None
+    """Triton's p99 request latency for the model over its window; None when unknown."""
+    latency_slo_ms: float | None = None
+    """``spec.latencySLO.p99Ms`` in force; None without an SLO."""
+    slo_misses: int = 0
+    """Times p99 went over the SLO since the SLO was set (a run of samples counts once)."""
+    seconds_over_slo: float = 0.0
+    slo_batch_ceiling: int | None = None
+    """The largest batch size the SLO leaves the policy; None when it leaves the ladder."""
+    slo_unmet: str | None = None
+    """Why p99 stays over the SLO (the cap wins, or nothing is left to try); None when not."""
 
 
 @dataclass
@@ -104,6 +121,9 @@ class ControlLoop:
     stale_after_s: float = 2.0
     on_snapshot: Callable[[LoopSnapshot], None] = lambda _: None
     reloads: ReloadGovernor = field(default_factory=ReloadGovernor)
+    latency_slo_ms: float | None = None
+    """``spec.latencySLO.p99Ms``; change it with :meth:`set_latency_slo_ms`."""
+    _guard: LatencyGuard | None = field(default=None, init=False)
     _applied: Knobs = field(init=False)
     _decision: Decision = field(init=False)
     _counters: _Counters = field(default_factory=_Counters, init=False)
@@ -131,7 +151,9 @@ class ControlLoop:
         self._applied = Knobs(self.initial_batch_size, None)
         now = self.monotonic()
         self._last_good_power_s = now
-        self._decision = self.policy.start(self.settings, now)
+        if self.latency_slo_ms is not None:
+            self._guard = LatencyGuard(self.latency_slo_ms, started_s=now)
+        self._decision = self.policy.start(self._policy_settings(), now)
         log.info("policy %s started: %s", self.policy.name, self._decision.reason)
 
     # -- inputs from outside -----------------------------------------------------------
@@ -144,8 +166,8 @@ class ControlLoop:
             self.settings.cap_watts, settings.cap_watts, settings.band,
             len(settings.batch_sizes), len(settings.clock_levels_mhz),
         )  # fmt: skip
-        self._decision = self.policy.update_settings(settings, self.monotonic())
         self.settings = settings
+        self._decision = self.policy.update_settings(self._policy_settings(), self.monotonic())
         self._settings_version += 1
         self._log_decision(self._decision)
         self._actuate_now(self._decision)
@@ -154,9 +176,58 @@ class ControlLoop:
         """Hand control to another policy (``spec.power.policy`` changed)."""
         log.info("policy %s -> %s", self.policy.name, policy.name)
         self.policy = policy
-        self._decision = policy.start(self.settings, self.monotonic())
+        self._decision = policy.start(self._policy_settings(), self.monotonic())
         self._settings_version += 1
         self._log_decision(self._decision)
+
+    def set_latency_slo_ms(self, slo_ms: float | None) -> None:
+        """A new ``spec.latencySLO.p99Ms`` (None: none): the guard starts over with it."""
+        if slo_ms == self.latency_slo_ms:
+            return
+        log.info("latency SLO: p99 %s ms", f"{slo_ms:g}" if slo_ms is not None else "none")
+        self.latency_slo_ms = slo_ms
+        limited = self._guard is not None and self._guard.ceiling is not None
+        now = self.monotonic()
+        self._guard = LatencyGuard(slo_ms, started_s=now) if slo_ms is not None else None
+        if limited:
+            self._ladder_changed()
+
+    def _policy_settings(self) -> PowerSettings:
+        """The user's settings, with the batch-size ladder the latency SLO leaves."""
+        if self._guard is None:
+            return self.settings
+        ladder = self._guard.ladder(self.settings.batch_sizes)
+        if ladder == self.settings.batch_sizes:
+            return self.settings
+        return replace(self.settings, batch_sizes=ladder)
+
+    def _ladder_changed(self) -> None:
+        self._decision = self.policy.update_settings(self._policy_settings(), self.monotonic())
+        self._settings_version += 1
+        self._log_decision(self._decision)
+        self._actuate_now(self._decision)
+
+    def _guard_latency(self, counters: ServerCounters | None, now: float) -> None:
+        """Feed the p99 to the SLO guard; a changed ladder reaches the policy at once."""
+        if self._guard is None or counters is None:
+            return
+        changed = self._guard.observe(
+            counters.p99_latency_ms,
+            applied=self._applied,
+            queue_depth=counters.queue_depth,
+            batch_sizes=self.settings.batch_sizes,
+            clock_levels_mhz=self.settings.clock_levels_mhz,
+            now_s=now,
+            interval_s=self.sample_interval_s,
+        )
+        if changed:
+            ceiling = self._guard.ceiling
+            log.info(
+                "latency SLO: p99 %.1f ms against %g ms: batch sizes up to %s",
+                counters.p99_latency_ms or math.nan, self._guard.slo_ms,
+                ceiling if ceiling is not None else "the top of the ladder",
+            )  # fmt: skip
+            self._ladder_changed()
 
     def stop(self) -> None:
         self._stopping = True
@@ -185,6 +256,7 @@ class ControlLoop:
         mean_watts = self._mean_power(now, peak_watts)
         counters = await self._server_counters()
         self._check_reload_timeout(now)
+        self._guard_latency(counters, now)
         degraded = None
         if self._gpu_lost is not None:
             degraded = f"GPU lost: {self._gpu_lost}"
@@ -219,6 +291,7 @@ class ControlLoop:
                     applied=self._applied,
                     reload_in_flight=self._reload is not None,
                     queue_depth=self._last_counters.queue_depth,
+                    p99_latency_ms=self._last_counters.p99_latency_ms,
                     refused_batch_sizes=self.reloads.refused(),
                 )
             )
@@ -472,6 +545,7 @@ class ControlLoop:
         self, now: float, power_watts: float, mean_watts: float, degraded: str | None
     ) -> LoopSnapshot:
         energy = self._last_energy_j if self._last_energy_j is not None else math.nan
+        guard = self._guard
         return LoopSnapshot(
             now_s=now,
             cap_watts=self.settings.cap_watts,
@@ -494,4 +568,10 @@ class ControlLoop:
             quarantined_batch_sizes=self.reloads.quarantined(now),
             reload_blocked=self._reload_blocked,
             cap_infeasible=self._decision.infeasible,
+            p99_latency_ms=self._last_counters.p99_latency_ms,
+            latency_slo_ms=self.latency_slo_ms,
+            slo_misses=guard.misses if guard is not None else 0,
+            seconds_over_slo=guard.seconds_over_slo if guard is not None else 0.0,
+            slo_batch_ceiling=guard.ceiling if guard is not None else None,
+            slo_unmet=guard.unmet if guard is not None else None,
         )

@@ -63,9 +63,11 @@ from capinfer_sidecar.metrics import SnapshotCollector, SupervisionCollector
 from capinfer_sidecar.policies import make_policy
 from capinfer_sidecar.policies.base import Policy, PowerSettings
 from capinfer_sidecar.settings import (
+    LATENCY_SLO_KEY,
     InvalidPowerSpecError,
     PowerSpec,
     parse_power_spec,
+    policy_options,
     to_power_settings,
 )
 from capinfer_sidecar.sim.profiles import load_profile_set
@@ -107,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--power-file",
         type=Path,
-        help="standalone: YAML with spec.power's fields (capWatts, policy, ...), re-read on change",
+        help="standalone: YAML with spec.power's fields (capWatts, policy, ..., and latencySLO),"
+        " re-read on change",
     )
     source.add_argument("--cap-watts", type=float, help="standalone: the cap per GPU, in watts")
     source.add_argument("--policy", help="standalone: policy name (default Adaptive)")
@@ -246,6 +249,8 @@ def read_power_file(path: Path) -> dict[str, Any]:
     power = document.get("power", document)
     if not isinstance(power, dict):
         raise InvalidPowerSpecError(f"{path}: 'power' must be a mapping")
+    if power is not document and LATENCY_SLO_KEY in document:
+        power = {**power, LATENCY_SLO_KEY: document[LATENCY_SLO_KEY]}  # a spec's two parts
     return power
 
 
@@ -302,10 +307,10 @@ def settings_for(
 
 
 def policy_for(spec: PowerSpec) -> Policy:
-    # BatchSizer's offline-profiling cutoff, and other per-policy options, come with
-    # measured profiles; the defaults serve every GPU.
+    # BatchSizer's offline-profiling cutoff comes with measured profiles; the defaults
+    # serve every GPU. Static takes its fixed pair from the spec.
     try:
-        return make_policy(spec.policy)
+        return make_policy(spec.policy, **policy_options(spec))
     except ValueError as error:
         raise InvalidPowerSpecError(f"spec.power.policy: {error}") from error
 
@@ -639,6 +644,7 @@ async def _start_control(
         initial_batch_size=initial_batch,
         monotonic=time.monotonic,
         sample_interval_s=spec.sample_interval_s,
+        latency_slo_ms=spec.p99_slo_ms,
     )
     follower = SpecFollower(
         control,

@@ -97,6 +97,23 @@ class SnapshotCollector:
                 "1 while the sidecar may set SM clocks, 0 when it runs on the batch size alone.",
                 1.0 if snapshot.clock_control else 0.0,
             ),
+            (
+                "request_p99_latency_seconds",
+                "The model's p99 request latency in Triton (queue + compute) over Triton's"
+                " summary window; absent while Triton does not measure it.",
+                None if snapshot.p99_latency_ms is None else snapshot.p99_latency_ms / 1000,
+            ),
+            (
+                "latency_slo_p99_seconds",
+                "spec.latencySLO.p99Ms in force; absent without an SLO.",
+                None if snapshot.latency_slo_ms is None else snapshot.latency_slo_ms / 1000,
+            ),
+            (
+                "latency_slo_batch_ceiling",
+                "The largest batch size the latency SLO leaves the policy; absent when it"
+                " leaves the whole ladder.",
+                None if snapshot.slo_batch_ceiling is None else float(snapshot.slo_batch_ceiling),
+            ),
         ]
         for name, documentation, value in gauges:
             if value is not None and not math.isnan(value):
@@ -124,6 +141,27 @@ class SnapshotCollector:
                 "gpu_energy_joules",
                 "Energy the GPU used since its driver loaded.",
                 snapshot.energy_joules,
+            )
+        if snapshot.latency_slo_ms is not None:
+            yield self._family(
+                CounterMetricFamily,
+                "latency_slo_misses",
+                "Times the p99 latency went over spec.latencySLO.p99Ms (a run counts once).",
+                float(snapshot.slo_misses),
+            )
+            yield self._family(
+                CounterMetricFamily,
+                "over_latency_slo_seconds",
+                "Time the p99 latency spent over spec.latencySLO.p99Ms.",
+                snapshot.seconds_over_slo,
+            )
+            yield self._family(
+                GaugeMetricFamily,
+                "latency_slo_unmet",
+                "1 while p99 stays over the SLO and only the cap could give way (the cap"
+                " wins), with why.",
+                0.0 if snapshot.slo_unmet is None else 1.0,
+                {"reason": snapshot.slo_unmet or ""},
             )
         yield self._family(
             CounterMetricFamily,

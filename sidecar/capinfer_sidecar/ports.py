@@ -30,6 +30,9 @@ class ServerCounters:
     inferences: int
     batches: int
     queue_depth: int | None = None
+    p99_latency_ms: float | None = None
+    """The model's p99 request latency in the server over its recent window; None when the
+    server does not measure it."""
 
 
 class InferenceServer(Protocol):

@@ -16,6 +16,8 @@ DEFAULT_POLICY = "Adaptive"
 DEFAULT_BAND = 0.8
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_SAMPLE_INTERVAL_MS = 100
+LATENCY_SLO_KEY = "latencySLO"
+"""``spec.latencySLO`` travels with ``spec.power`` under this key: both are live settings."""
 
 
 class InvalidPowerSpecError(ValueError):
@@ -34,6 +36,12 @@ class PowerSpec:
     min_clock_mhz: int | None = None
     max_clock_mhz: int | None = None
     sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_MS / 1000
+    static_batch_size: int | None = None
+    """``staticBatchSize``: Static's fixed batch size (None: the top of the ladder)."""
+    static_clock_mhz: int | None = None
+    """``staticClockMHz``: Static's fixed SM clock (None: the highest it may lock)."""
+    p99_slo_ms: float | None = None
+    """``spec.latencySLO.p99Ms``: the p99 latency to keep beside the cap (None: none)."""
 
     def with_cap(self, cap_watts: float) -> PowerSpec:
         return replace(self, cap_watts=cap_watts)
@@ -52,7 +60,8 @@ def _optional_int(value: Any, field: str) -> int | None:
 
 
 def parse_power_spec(power: Mapping[str, Any]) -> PowerSpec:
-    """Parse ``spec.power``; every error names the offending field."""
+    """Parse ``spec.power`` (with ``spec.latencySLO`` under ``latencySLO``); every error names
+    the offending field."""
     if "capWatts" not in power:
         raise InvalidPowerSpecError("spec.power.capWatts: required")
     cap_watts = _number(power["capWatts"], "capWatts")
@@ -88,6 +97,18 @@ def parse_power_spec(power: Mapping[str, Any]) -> PowerSpec:
     policy = power.get("policy", DEFAULT_POLICY)
     if not isinstance(policy, str) or not policy:
         raise InvalidPowerSpecError(f"spec.power.policy: expected a policy name, got {policy!r}")
+    static_batch = _optional_int(power.get("staticBatchSize"), "staticBatchSize")
+    if static_batch is not None and static_batch not in sizes:
+        raise InvalidPowerSpecError(
+            f"spec.power.staticBatchSize: {static_batch} is not one of batchSizes {list(sizes)}"
+        )
+    static_clock = _optional_int(power.get("staticClockMHz"), "staticClockMHz")
+    too_low = static_clock is not None and min_mhz is not None and static_clock < min_mhz
+    too_high = static_clock is not None and max_mhz is not None and static_clock > max_mhz
+    if too_low or too_high:
+        raise InvalidPowerSpecError(
+            f"spec.power.staticClockMHz: {static_clock} lies outside clockControl.minMHz..maxMHz"
+        )
     return PowerSpec(
         cap_watts=cap_watts,
         policy=policy,
@@ -97,7 +118,35 @@ def parse_power_spec(power: Mapping[str, Any]) -> PowerSpec:
         min_clock_mhz=min_mhz,
         max_clock_mhz=max_mhz,
         sample_interval_s=interval_ms / 1000,
+        static_batch_size=static_batch,
+        static_clock_mhz=static_clock,
+        p99_slo_ms=_p99_slo_ms(power.get(LATENCY_SLO_KEY)),
     )
+
+
+def _p99_slo_ms(slo: Any) -> float | None:
+    if slo is None:
+        return None
+    if not isinstance(slo, Mapping) or "p99Ms" not in slo:
+        raise InvalidPowerSpecError("spec.latencySLO: expected an object with p99Ms")
+    p99_ms = slo["p99Ms"]
+    if isinstance(p99_ms, bool) or not isinstance(p99_ms, int | float) or p99_ms <= 0:
+        raise InvalidPowerSpecError(
+            f"spec.latencySLO.p99Ms: must be a positive number, got {p99_ms!r}"
+        )
+    return float(p99_ms)
+
+
+def policy_options(spec: PowerSpec) -> dict[str, Any]:
+    """The policy's constructor options the spec declares (Static's fixed pair)."""
+    if spec.policy != "Static":
+        return {}
+    options: dict[str, Any] = {}
+    if spec.static_batch_size is not None:
+        options["batch_size"] = spec.static_batch_size
+    if spec.static_clock_mhz is not None:
+        options["clock_mhz"] = spec.static_clock_mhz
+    return options
 
 
 def clock_ladder_mhz(

@@ -207,6 +207,7 @@ async def _simulate(
         sample_interval_s=config.sample_interval_s,
         on_snapshot=on_snapshot,
         reloads=governor,
+        latency_slo_ms=config.latency_slo_ms,
     )
     supervisor = Supervisor(monotonic=monotonic, sleep=asyncio.sleep)
     tasks = [
@@ -239,6 +240,9 @@ async def _simulate(
         loop_failures=state.restarts + (1 if state.retry_at_s is not None else 0),
         loop_error=state.last_error,
         quarantined_batch_sizes=last.quarantined_batch_sizes if last is not None else (),
+        p99_latency_ms=server.latencies.run_p99_ms(),
+        slo_misses=last.slo_misses if last is not None else 0,
+        seconds_over_slo=last.seconds_over_slo if last is not None else 0.0,
     )
 
 

@@ -66,6 +66,16 @@ def pod_status_entry(
         entry["powerLimitWatts"] = round(power_limit_watts, 1)
     if backstop_message is not None:
         entry["backstopMessage"] = backstop_message
+    if snapshot.p99_latency_ms is not None:
+        entry["p99LatencyMs"] = round(snapshot.p99_latency_ms, 2)
+    if snapshot.latency_slo_ms is not None:
+        entry["latencySLOMs"] = snapshot.latency_slo_ms
+        entry["sloMisses"] = snapshot.slo_misses
+        entry["secondsOverSLO"] = round(snapshot.seconds_over_slo, 1)
+    if snapshot.slo_batch_ceiling is not None:
+        entry["sloBatchCeiling"] = snapshot.slo_batch_ceiling
+    if snapshot.slo_unmet is not None:
+        entry["sloMessage"] = snapshot.slo_unmet
     if snapshot.quarantined_batch_sizes:
         entry["quarantinedBatchSizes"] = list(snapshot.quarantined_batch_sizes)
     return entry

@@ -24,6 +24,7 @@ import asyncio
 import copy
 import json
 import logging
+import math
 import time
 import urllib.error
 import urllib.request
@@ -292,6 +293,30 @@ def pending_requests_in_metrics(metrics_text: str, model_name: str) -> int | Non
     return int(sum(counts)) if counts else None
 
 
+REQUEST_SUMMARY = "nv_inference_request_summary_us"
+"""Triton's summary of request durations (queue + compute, in the server), exported with
+``--metrics-config=summary_latencies=true``: quantiles over a sliding window."""
+SUMMARY_LATENCIES_ARG = "--metrics-config=summary_latencies=true"
+"""The tritonserver option that turns the latency summaries on (off by default in 2.51)."""
+
+
+def p99_latency_ms_in_metrics(metrics_text: str, model_name: str) -> float | None:
+    """The model's p99 request latency in the server, in ms, from Triton's summary.
+
+    Every version of the model counts; their p99s cannot be merged exactly, so the highest
+    stands (an upper bound). None when the summary is off or has seen no request (Triton
+    reports NaN then).
+    """
+    values = [
+        value
+        for labels, value in _samples(metrics_text, REQUEST_SUMMARY)
+        if labels.get("model") == model_name
+        and labels.get("quantile") == "0.99"
+        and not math.isnan(value)
+    ]
+    return max(values) / 1000 if values else None
+
+
 def _read_url(url: str, timeout_s: float) -> str:
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return bytes(response.read()).decode()
@@ -405,24 +430,30 @@ class TritonModel:
         return StatisticsSnapshot.of(response, self.model_name, self._monotonic())
 
     async def counters(self) -> ServerCounters:
-        """The control loop's view: cumulative inferences and batches, and the queue."""
+        """The control loop's view: cumulative inferences and batches, the queue, the p99."""
         snapshot = await self.statistics()
+        text = await self._metrics_text()
+        name = self.model_name
         return ServerCounters(
             inferences=snapshot.inference_count,
             batches=snapshot.execution_count,
-            queue_depth=await self.queue_depth(),
+            queue_depth=None if text is None else pending_requests_in_metrics(text, name),
+            p99_latency_ms=None if text is None else p99_latency_ms_in_metrics(text, name),
         )
 
     async def queue_depth(self) -> int | None:
         """Requests waiting for the model; None without a metrics URL or an answer."""
+        text = await self._metrics_text()
+        return None if text is None else pending_requests_in_metrics(text, self.model_name)
+
+    async def _metrics_text(self) -> str | None:
         if self._metrics_url is None:
             return None
         try:
-            text = await read_metrics(self._metrics_url, self._request_timeout_s)
+            return await read_metrics(self._metrics_url, self._request_timeout_s)
         except TritonUnavailableError as error:
-            log.debug("queue depth unknown: %s", error)
+            log.debug("Triton's metrics unknown: %s", error)
             return None
-        return pending_requests_in_metrics(text, self.model_name)
 
     async def _load(self, config: Mapping[str, Any]) -> None:
         try:

@@ -24,7 +24,8 @@ class PowerSettings:
     clock_levels_mhz: tuple[int, ...] = ()
     """Settable SM clocks, ascending; empty when clocks cannot (or must not) be set."""
     band: float = 0.8
-    """alpha: the policy aims for peak power inside ``[band * cap, cap]``."""
+    """alpha: BatchSizer, DVFS and BatchDVFS aim for peak power inside ``[band * cap, cap]``;
+    Adaptive has no floor (a new band restarts its planning) and Static ignores it."""
 
     def __post_init__(self) -> None:
         if self.cap_watts <= 0:
@@ -81,6 +82,9 @@ class Observation:
     """A batch-size change was asked for and Triton has not finished loading it."""
     queue_depth: int | None = None
     """Requests waiting in Triton's queue, when known (tells saturated from light load)."""
+    p99_latency_ms: float | None = None
+    """The model's p99 request latency in Triton over its recent window (queue + compute),
+    when known; ``spec.latencySLO`` is held against it."""
     refused_batch_sizes: frozenset[int] = frozenset()
     """Batch sizes whose last load failed and that have not loaded since: the driver will
     not load them again for a while (backoff, quarantine), so waiting for one is in vain."""

@@ -96,6 +96,9 @@ class PoissonArrivals:
         """Arrivals up to this time are counted in ``arrived``."""
         self._next_s: float | None = None
         """When drawn: the first arrival after ``_counted_s`` (not yet counted)."""
+        self.spans: list[tuple[float, float, int]] = []
+        """Arrivals as counted, ``(first_s, last_s, count)``, uniform within each span; the
+        server drains it (request latencies, :mod:`capinfer_sidecar.sim.latency`)."""
 
     # -- the process ---------------------------------------------------------------------------
     def _rate_index(self, at_s: float) -> int:
@@ -124,9 +127,13 @@ class PoissonArrivals:
             if at_s < self._next_s:
                 return self.arrived  # nothing arrives before the drawn next arrival
             self.arrived += 1
+            self.spans.append((self._next_s, self._next_s, 1))
             self._counted_s = self._next_s
             self._next_s = None
-        self.arrived += poisson_count(self._rng, self.expected(self._counted_s, at_s))
+        count = poisson_count(self._rng, self.expected(self._counted_s, at_s))
+        self.arrived += count
+        if count:
+            self.spans.append((self._counted_s, at_s, count))
         self._counted_s = at_s
         return self.arrived
 

@@ -87,6 +87,8 @@ class RunConfig:
     initial_batch_size: int | None = None
     """The max batch size loaded at t = 0; None: the policy's first choice."""
     faults: Faults = field(default_factory=Faults)
+    latency_slo_ms: float | None = None
+    """``spec.latencySLO.p99Ms`` for the run's control loop; None: no SLO."""
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0:

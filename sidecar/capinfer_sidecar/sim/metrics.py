@@ -14,6 +14,10 @@
   arrivals the throughput follows the load, not the controller, so only (a) counts.
 - *Average batch size*: of the max batch size in effect (time-weighted; what the paper's
   Fig. 6 shows) and of the batches actually formed (smaller under light load).
+- *Latency*: the p99 request latency over the whole run (queue + preparation + execution,
+  :mod:`capinfer_sidecar.sim.latency`), and, with a latency SLO, the time Triton's p99 (its
+  60 s window, what the sidecar holds the SLO against) spent over it and the misses the
+  sidecar counted.
 - *What production's safety did*, as the control loop counted it: failed loads (refused,
   lost to an outage, or abandoned by the reload governor) per minute of run, the time the
   loop spent on its safe settings (the failsafe), the times its supervisor had to start it
@@ -69,6 +73,10 @@ class RunMetrics:
     energy_joules: float
     cpu_s: float
     speedup: float
+    p99_latency_ms: float | None = None
+    latency_slo_ms: float | None = None
+    seconds_over_slo: float = 0.0
+    slo_misses: int = 0
 
     @property
     def worst_settling_s(self) -> float | None:
@@ -109,6 +117,10 @@ def compute_metrics(result: RunResult) -> RunMetrics:
         energy_joules=result.energy_joules,
         cpu_s=result.cpu_s,
         speedup=result.speedup,
+        p99_latency_ms=result.p99_latency_ms,
+        latency_slo_ms=config.latency_slo_ms,
+        seconds_over_slo=result.seconds_over_slo,
+        slo_misses=result.slo_misses,
     )
 
 

@@ -27,6 +27,7 @@ Format (every field of a job may also be set once under ``defaults``)::
         batch_sizes: [1, 2, 4, 8]     # optional: the ladder; default from the profile
         plot: true                    # optional: draw this job's power/batch timeline
         faults: {...}                 # optional: see below
+        latency_slo_ms: 60            # optional: spec.latencySLO.p99Ms for the sidecar
 
 Loads::
 
@@ -92,6 +93,7 @@ from capinfer_sidecar.sim.yamlread import Node, SpecError, load_yaml_file
 JOB_FIELDS = (
     "name", "profile", "dnn", "dataset", "cap_watts", "cap_changes", "load", "duration_s",
     "seed", "sample_interval_s", "reload_s", "band", "clocks", "batch_sizes", "plot", "faults",
+    "latency_slo_ms",
 )  # fmt: skip
 FAULT_FIELDS = ("reloads", "triton_outages", "power_errors", "clock_errors", "cap_storms")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -208,6 +210,9 @@ def _parse_job(node: Node, profiles: dict[str, ProfileSet], base_dir: Path | Non
         else ClockAccess.CONTROLLED,
         batch_sizes=batch_sizes,
         faults=faults,
+        latency_slo_ms=node.child("latency_slo_ms").number(positive=True)
+        if node.has("latency_slo_ms")
+        else None,
     )
     plot = node.child("plot").boolean() if node.has("plot") else False
     return Job(name, profile_name, dnn, dataset, config, plot)

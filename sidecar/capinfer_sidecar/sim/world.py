@@ -37,6 +37,7 @@ from capinfer_sidecar.sim.arrivals import Arrivals, ClosedLoop, PoissonArrivals
 from capinfer_sidecar.sim.config import ClockAccess, PoissonLoad, RunConfig
 from capinfer_sidecar.sim.faults import Faults, PowerErrorKind
 from capinfer_sidecar.sim.gpu_model import VirtualGpu
+from capinfer_sidecar.sim.latency import RequestLatencies
 
 NO_FAULTS = Faults()
 
@@ -100,6 +101,11 @@ class RunResult:
     """The control loop's first error, if it raised."""
     quarantined_batch_sizes: tuple[int, ...] = ()
     """Batch sizes the reload governor had quarantined at the end."""
+    p99_latency_ms: float | None = None
+    """p99 request latency over the whole run (:mod:`capinfer_sidecar.sim.latency`)."""
+    slo_misses: int = 0
+    """Times the loop saw Triton's p99 go over the run's latency SLO."""
+    seconds_over_slo: float = 0.0
 
     @property
     def throughput_ips(self) -> float:
@@ -146,10 +152,14 @@ class SimulatedServer:
         self.gpu = VirtualGpu(profile, seed=config.seed)
         self.max_batch_size = max_batch_size
         self.arrivals: Arrivals
+        self.latencies = RequestLatencies()
         if isinstance(config.load, PoissonLoad):
             self.arrivals = PoissonArrivals(config.load, random.Random(f"{config.seed}/arrivals"))
         else:
             self.arrivals = ClosedLoop(config.load.concurrency or 2 * config.ladder[-1])
+            self.latencies.arrived(0.0, 0.0, self.arrivals.concurrency)  # every client sends
+        self._serving: list[tuple[float, float, float]] = []
+        """The requests of the batch in service (latency spans)."""
         self._batch_log = batch_log
         """When given: ``(batch formed, max batch size in effect)`` for every batch."""
         self.now_s = 0.0
@@ -223,7 +233,12 @@ class SimulatedServer:
 
     def counters(self, now_s: float) -> ServerCounters:
         self.advance_to(now_s)
-        return ServerCounters(self.inferences, self.batches, self._waiting(now_s))
+        return ServerCounters(
+            self.inferences,
+            self.batches,
+            self._waiting(now_s),
+            p99_latency_ms=self.latencies.window_p99_ms(now_s),
+        )
 
     def set_cap(self, cap_watts: float, now_s: float) -> None:
         """The cap changed (for the trace: it binds from ``now_s`` plus a clock change)."""
@@ -267,6 +282,11 @@ class SimulatedServer:
         if self._batch_log is not None:
             self._batch_log.append((batch, self.max_batch_size))
         self.arrivals.take(batch)
+        if isinstance(self.arrivals, PoissonArrivals):
+            for first_s, last_s, count in self.arrivals.spans:
+                self.latencies.arrived(first_s, last_s, count)
+            self.arrivals.spans.clear()
+        self._serving = self.latencies.take(batch)
         self.batch = batch
         self.phase = _Phase.PREP
         self.cycle_start_s = now_s
@@ -286,6 +306,9 @@ class SimulatedServer:
             self.gpu.finish_batch(now_s)
             self.batches += 1
             self.inferences += self.batch
+            self.latencies.served(self._serving, now_s)
+            if isinstance(self.arrivals, ClosedLoop):
+                self.latencies.arrived(now_s, now_s, self.batch)  # answered: sent again
             self._spread(self.batch, self.cycle_start_s, now_s)
             self._free(now_s)
         else:

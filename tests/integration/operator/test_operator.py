@@ -494,6 +494,35 @@ def test_status_aggregates_the_sidecars_reports_and_drops_silent_pods(
     )  # fmt: skip
 
 
+def test_latency_slo_condition_says_when_the_cap_wins(
+    cluster: LocalCluster, namespace: str, restricted_operator: OperatorUnderTest
+) -> None:
+    apply(cluster, inference("slo", namespace, replicas=0, latencySLO={"p99Ms": 50}))
+    wait_for("Ready", lambda: is_ready(cluster, namespace, "slo"))
+    fresh = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    reports = [
+        {"name": "slo-a", "capWatts": 180, "p99LatencyMs": 30.0, "latencySLOMs": 50,
+         "sloMisses": 0, "lastUpdate": fresh},
+        {"name": "slo-b", "capWatts": 180, "p99LatencyMs": 80.0, "latencySLOMs": 50,
+         "sloMisses": 2, "sloMessage": "p99 80.0 ms is over the SLO 50 ms: the cap holds the"
+         " SM clock at 900 MHz, below 1410 MHz; the cap wins", "lastUpdate": fresh},
+    ]  # fmt: skip
+    cluster.kubectl(
+        "patch", "pci", "slo", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"pods": reports}}),
+    )  # fmt: skip
+
+    def latency_reason() -> Any:
+        return condition(status_of(cluster, namespace, "slo"), "LatencySLO").get("reason")
+
+    wait_for("the LatencySLO condition", lambda: latency_reason() == "CapWins")
+    status = status_of(cluster, namespace, "slo")
+    assert (status["p99LatencyMs"], status["sloMisses"]) == (80.0, 2)
+    latency = condition(status, "LatencySLO")
+    assert latency["status"] == "False" and "slo-b" in latency["message"]
+    assert condition(status, "CapMet")["type"] == "CapMet", "the other conditions stay"
+
+
 # -- deletion and the sidecar's permissions -------------------------------------------------
 def test_deleting_the_object_garbage_collects_everything(
     cluster: LocalCluster, namespace: str, restricted_operator: OperatorUnderTest

@@ -95,10 +95,19 @@ async def test_a_patched_cap_reaches_the_running_sidecar_and_its_status_entry(
                 lambda: (pod_entry(cluster, namespace, "live") or {}).get("capWatts") == 100,
                 timeout_s=15,
             )
+            # spec.latencySLO is live too (outside spec.power), and its report fits the CRD.
+            slo = json.dumps({"spec": {"latencySLO": {"p99Ms": 1}}})
+            cluster.kubectl("patch", "pci", "live", "-n", namespace, "--type=merge", "-p", slo)
+            await wait_until(
+                "an SLO miss in the status entry",
+                lambda: (pod_entry(cluster, namespace, "live") or {}).get("sloMisses", 0) >= 1,
+                timeout_s=30,
+            )
             counts = await load.stop()
         entry = pod_entry(cluster, namespace, "live") or {}
         assert entry["gpus"] and entry["policy"] == "Adaptive"
         assert entry["batchSize"] >= 1 and "lastUpdate" in entry
+        assert entry["latencySLOMs"] == 1 and entry["p99LatencyMs"] > 1
         assert counts.failed == 0, counts.errors
         # A generous bound (the requirement is one second; the measured figure is printed):
         # the test must not fail because this machine is busy.

@@ -12,6 +12,7 @@ from capinfer_operator.status import (
     STALE_REPORT_S,
     DeploymentState,
     aggregate_pods,
+    latency_slo_status,
     numbers_due,
     readiness,
     removal_patch,
@@ -186,3 +187,21 @@ def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
     assert updated_conditions(old, [same])[0]["lastTransitionTime"] == "early"
     _, flipped = readiness(state(1, 0, 1), 1, generation=1, now="late")
     assert updated_conditions(old, [flipped])[0]["lastTransitionTime"] == "late"
+
+
+def test_latency_slo_condition_says_when_the_cap_wins() -> None:
+    now = "2025-01-01T12:00:00Z"
+    within = [{"name": "a", "p99LatencyMs": 30.0, "sloMisses": 1}, {"name": "b"}]
+    fields, (cond,) = latency_slo_status(within, 50.0, 4, now)
+    assert fields == {"p99LatencyMs": 30.0, "sloMisses": 1}
+    assert (cond["type"], cond["status"], cond["reason"]) == ("LatencySLO", "True", "WithinSLO")
+    over = [{"name": "a", "p99LatencyMs": 70.0}]
+    assert latency_slo_status(over, 50.0, 4, now)[1][0]["reason"] == "OverSLO"
+    capped = [{"name": "a", "p99LatencyMs": 70.0, "sloMessage": "p99 ...; the cap wins"}]
+    cond = latency_slo_status(capped, 50.0, 4, now)[1][0]
+    assert (cond["status"], cond["reason"]) == ("False", "CapWins")
+    assert cond["message"] == "a: p99 ...; the cap wins"
+    unreachable = [{"name": "a", "p99LatencyMs": 70.0, "sloMessage": "at the smallest batch"}]
+    assert latency_slo_status(unreachable, 50.0, 4, now)[1][0]["reason"] == "Unreachable"
+    assert latency_slo_status([{"name": "a"}], 50.0, 4, now)[1][0]["status"] == "Unknown"
+    assert latency_slo_status(within, None, 4, now) == ({"p99LatencyMs": 30.0}, [])

@@ -75,13 +75,17 @@ class FakeServer:
     attempts: list[int] = field(default_factory=list)
     serving: int = 1
     """The max batch size in effect."""
+    p99_latency_ms: float | None = None
+    """What Triton's latency summary says, as the test sets it."""
 
     async def counters(self) -> ServerCounters:
         if not self.reachable:
             raise ConnectionError("refused")
         self.inferences += 40
         self.batches += 10
-        return ServerCounters(self.inferences, self.batches, queue_depth=3)
+        return ServerCounters(
+            self.inferences, self.batches, queue_depth=3, p99_latency_ms=self.p99_latency_ms
+        )
 
     async def apply_max_batch_size(self, batch_size: int) -> None:
         self.attempts.append(batch_size)

@@ -345,3 +345,42 @@ async def test_a_cap_that_arrives_after_the_reads_waits_for_fresh_ones() -> None
     server.counters = original  # type: ignore[method-assign]
     await loop.sample_once()
     assert policy.observations[-1].power_watts == 300.0
+
+
+async def test_a_p99_over_the_slo_shortens_the_ladder_the_policy_sees() -> None:
+    time = FakeTime()
+    server = FakeServer(p99_latency_ms=80.0)
+    server.release_reload.set()
+    policy = ScriptedPolicy(Knobs(16, 1200))
+    loop, _ = make_loop(policy, FakeGpu([150.0]), server, time)
+    await loop.sample_once()
+    await asyncio.sleep(0)  # the reload to 16 completes
+    assert policy.settings_seen[-1].batch_sizes == SETTINGS.batch_sizes, "no SLO: whole ladder"
+    loop.set_latency_slo_ms(50.0)
+    snapshot = await loop.sample_once()
+    assert snapshot.slo_misses == 1 and snapshot.slo_batch_ceiling is None, (
+        "Triton's window still holds the time before the SLO: no move yet"
+    )
+    time.now_s += 60.0
+    snapshot = await loop.sample_once()
+    assert policy.settings_seen[-1].batch_sizes == (1, 4), "one rung below the batch in effect"
+    assert policy.settings_seen[-1].clock_levels_mhz == SETTINGS.clock_levels_mhz
+    assert snapshot.p99_latency_ms == 80.0 and snapshot.latency_slo_ms == 50.0
+    assert snapshot.slo_misses == 1 and snapshot.slo_batch_ceiling == 4
+    assert snapshot.slo_unmet is None, "a smaller batch may still bring p99 down"
+    # The SLO's removal gives the whole ladder back at once.
+    loop.set_latency_slo_ms(None)
+    assert policy.settings_seen[-1].batch_sizes == SETTINGS.batch_sizes
+    assert (await loop.sample_once()).slo_misses == 0
+
+
+async def test_the_cap_wins_over_the_slo_and_the_snapshot_says_so() -> None:
+    time = FakeTime()
+    server = FakeServer(p99_latency_ms=80.0)
+    policy = ScriptedPolicy(Knobs(1, 600))  # the smallest batch, the clock held low
+    loop, _ = make_loop(policy, FakeGpu([195.0]), server, time)
+    loop.set_latency_slo_ms(50.0)
+    await loop.sample_once()  # the clock is locked after the first reading
+    snapshot = await loop.sample_once()
+    assert snapshot.sm_clock_mhz == 600, "the guard never raises the clock"
+    assert snapshot.slo_unmet is not None and "the cap wins" in snapshot.slo_unmet

@@ -166,3 +166,28 @@ async def test_task_restarts_failing_tasks_and_rejected_specs(
     spec.rejected_total, spec.problem = 3, "spec.power.policy: unknown policy 'Adptive'"
     assert value("capinfer_spec_rejected_total", {"pod": "p"}) == 3
     assert value("capinfer_spec_invalid", {"pod": "p"}) == 1
+
+
+def test_p99_against_the_slo_is_exported(registry: CollectorRegistry) -> None:
+    unmet = "p99 80.0 ms is over the SLO 50 ms: the cap holds the SM clock at 600 MHz"
+    SnapshotCollector({"gpu_uuid": "GPU-1"}).register(registry).update(
+        replace(
+            SNAPSHOT, p99_latency_ms=80.0, latency_slo_ms=50.0, slo_misses=2,
+            seconds_over_slo=4.5, slo_batch_ceiling=8, slo_unmet=unmet,
+        )
+    )  # fmt: skip
+    labels = {"gpu_uuid": "GPU-1"}
+    value = registry.get_sample_value
+    assert value("capinfer_request_p99_latency_seconds", labels) == pytest.approx(0.08)
+    assert value("capinfer_latency_slo_p99_seconds", labels) == pytest.approx(0.05)
+    assert value("capinfer_latency_slo_batch_ceiling", labels) == 8
+    assert value("capinfer_latency_slo_misses_total", labels) == 2
+    assert value("capinfer_over_latency_slo_seconds_total", labels) == 4.5
+    assert value("capinfer_latency_slo_unmet", {**labels, "reason": unmet}) == 1
+
+
+def test_without_an_slo_no_slo_series_are_exported(registry: CollectorRegistry) -> None:
+    SnapshotCollector().register(registry).update(SNAPSHOT)
+    names = {m.name for m in registry.collect()}
+    assert not {n for n in names if "slo" in n}
+    assert "capinfer_request_p99_latency_seconds" not in names

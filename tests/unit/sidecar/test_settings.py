@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from capinfer_sidecar.settings import (
@@ -7,6 +9,7 @@ from capinfer_sidecar.settings import (
     InvalidPowerSpecError,
     clock_ladder_mhz,
     parse_power_spec,
+    policy_options,
     to_power_settings,
 )
 
@@ -71,3 +74,21 @@ def test_no_clock_ladder_when_clocks_cannot_or_must_not_be_set() -> None:
     settings = to_power_settings(off, [600, 900], clock_control_available=True)
     assert not settings.clock_control
     assert settings.cap_watts == 100
+
+
+def test_static_pair_and_latency_slo_are_parsed_and_checked() -> None:
+    spec = parse_power_spec(
+        {
+            "capWatts": 180, "policy": "Static", "staticBatchSize": 16, "staticClockMHz": 1200,
+            "latencySLO": {"p99Ms": 25},
+        }
+    )  # fmt: skip
+    assert (spec.static_batch_size, spec.static_clock_mhz, spec.p99_slo_ms) == (16, 1200, 25.0)
+    assert policy_options(spec) == {"batch_size": 16, "clock_mhz": 1200}
+    assert policy_options(replace(spec, policy="Adaptive")) == {}
+    with pytest.raises(InvalidPowerSpecError, match="staticBatchSize: 12 is not one of"):
+        parse_power_spec({"capWatts": 180, "staticBatchSize": 12})
+    with pytest.raises(InvalidPowerSpecError, match="staticClockMHz"):
+        parse_power_spec({"capWatts": 180, "staticClockMHz": 900, "clockControl": {"minMHz": 1000}})
+    with pytest.raises(InvalidPowerSpecError, match=r"latencySLO\.p99Ms"):
+        parse_power_spec({"capWatts": 180, "latencySLO": {"p99Ms": 0}})

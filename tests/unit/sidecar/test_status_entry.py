@@ -41,3 +41,16 @@ def test_without_a_sample_only_the_problem_is_reported() -> None:
         "failedTask": "control-loop",
         "problem": "p",
     }
+
+
+def test_p99_the_slo_and_its_misses_are_reported() -> None:
+    snapshot = replace(
+        SNAPSHOT, p99_latency_ms=61.234, latency_slo_ms=50.0, slo_misses=3,
+        seconds_over_slo=12.34, slo_batch_ceiling=16, slo_unmet="the cap wins",
+    )  # fmt: skip
+    entry = pod_status_entry("pod-a", ["GPU-1"], snapshot)
+    assert entry["p99LatencyMs"] == 61.23 and entry["latencySLOMs"] == 50.0
+    assert entry["sloMisses"] == 3 and entry["secondsOverSLO"] == 12.3
+    assert entry["sloBatchCeiling"] == 16 and entry["sloMessage"] == "the cap wins"
+    plain = pod_status_entry("pod-a", ["GPU-1"], SNAPSHOT)
+    assert not {"p99LatencyMs", "latencySLOMs", "sloMisses", "sloMessage"} & set(plain)

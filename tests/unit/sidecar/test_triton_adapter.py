@@ -18,6 +18,7 @@ from capinfer_sidecar.triton import (
     config_with_max_batch_size,
     error_from_triton,
     gpu_uuids_in_metrics,
+    p99_latency_ms_in_metrics,
     pending_requests_in_metrics,
     throughput_between,
 )
@@ -254,3 +255,25 @@ def test_gpu_uuids_come_from_tritons_metric_labels() -> None:
 def test_queue_depth_adds_up_the_models_versions() -> None:
     assert pending_requests_in_metrics(TRITON_METRICS, "resnet") == 7
     assert pending_requests_in_metrics(TRITON_METRICS, "absent") is None
+
+
+# As tritonserver 2.51 writes it with --metrics-config=summary_latencies=true (abridged).
+SUMMARY_METRICS = """\
+# HELP nv_inference_request_summary_us Summary of inference request duration in microseconds (includes cached requests)
+# TYPE nv_inference_request_summary_us summary
+nv_inference_request_summary_us_count{model="simbatch",version="1"} 400
+nv_inference_request_summary_us_sum{model="simbatch",version="1"} 11559434
+nv_inference_request_summary_us{model="simbatch",version="1",quantile="0.5"} 28092
+nv_inference_request_summary_us{model="simbatch",version="1",quantile="0.99"} 57460
+nv_inference_request_summary_us_count{model="other",version="1"} 0
+nv_inference_request_summary_us_sum{model="other",version="1"} 0
+nv_inference_request_summary_us{model="other",version="1",quantile="0.99"} NaN
+nv_inference_request_summary_us{model="simbatch",version="2",quantile="0.99"} 31000
+"""  # noqa: E501
+
+
+def test_p99_comes_from_tritons_request_summary_in_ms() -> None:
+    # Two versions loaded: their p99s cannot be merged, the higher one bounds the model's.
+    assert p99_latency_ms_in_metrics(SUMMARY_METRICS, "simbatch") == pytest.approx(57.46)
+    assert p99_latency_ms_in_metrics(SUMMARY_METRICS, "other") is None, "no request yet: NaN"
+    assert p99_latency_ms_in_metrics("", "simbatch") is None, "summaries off"
