@@ -229,8 +229,9 @@ def test_an_infeasible_cap_holds_the_least_power_setting_and_says_so() -> None:
 def test_readings_are_taken_to_sit_above_the_truth_once_the_noise_is_learned() -> None:
     # Each reading is the highest of five noisy reads: a pair that truly meets the cap reads
     # over it. Once the noise is learned the cap as readings see it is raised by
-    # reading_bias_sigmas of it; on the prior alone, not at all.
-    policy = Adaptive()
+    # reading_bias_sigmas of it; on the prior alone, not at all. (Off by default: the cap is
+    # the hard limit.)
+    policy = Adaptive(reading_bias_sigmas=1.0)
     plant = gpu(noise_watts=3.0)
     policy.start(settings(140.0), 0.0)
     assert policy.reading_cap_watts == 140.0
