@@ -84,6 +84,8 @@ class LoopSnapshot:
     """Batch sizes Triton refused to load repeatedly: not tried again for a long while."""
     reload_blocked: str | None = None
     """Why the requested batch size is not being loaded now, when it is not."""
+    cap_infeasible: bool = False
+    """The policy found the cap below what its least-power setting draws (and holds it)."""
     p99_latency_ms: float | None = None
     """Triton's p99 request latency for the model over its window; None when unknown."""
     latency_slo_ms: float | None = None
@@ -565,6 +567,7 @@ class ControlLoop:
             degraded=degraded,
             quarantined_batch_sizes=self.reloads.quarantined(now),
             reload_blocked=self._reload_blocked,
+            cap_infeasible=self._decision.infeasible,
             p99_latency_ms=self._last_counters.p99_latency_ms,
             latency_slo_ms=self.latency_slo_ms,
             slo_misses=guard.misses if guard is not None else 0,

@@ -87,6 +87,12 @@ class SnapshotCollector:
                 snapshot.inferences_per_second,
             ),
             (
+                "cap_infeasible",
+                "1 while the cap is below what the least-power setting draws: the sidecar holds "
+                "that setting, over the cap, and no setting can do better.",
+                1.0 if snapshot.cap_infeasible else 0.0,
+            ),
+            (
                 "clock_control",
                 "1 while the sidecar may set SM clocks, 0 when it runs on the batch size alone.",
                 1.0 if snapshot.clock_control else 0.0,

@@ -11,7 +11,9 @@ for the estimate's error (a share of the cap, or of the learned sensor noise). E
    once, to the highest level estimated under the limit. At the lowest clock, or without clock
    control, the batch size goes down instead (a reload: seconds).
 2. *A reading over the cap within the noise, or a pair whose peak is over the limit*: the
-   pair is left one clock level down, and remembered as too hot. One noisy reading alone
+   pair is left for the highest level its peak, rescaled along the fitted clock curve, puts
+   under the limit (at least one level down, however dense the ladder), and remembered as
+   too hot. One noisy reading alone
    moves nothing, neither up nor down.
 3. Otherwise the clock *climbs*, once a batch has run start to end at the current pair, to
    the highest level estimated under the limit for every batch size that may be executing
@@ -20,8 +22,10 @@ for the estimate's error (a share of the cap, or of the learned sensor noise). E
    has been quiet and the current pair's throughput is measured, the *planner* reloads to a
    measured batch size known to do better at the clock it would settle at, or *probes* one
    never measured that the model says could (hopeful estimates) and likely will (best guess)
-   do better, near a measured one, a limited number of times per cap. A larger batch size
-   needs a little less gain: at a lower clock it leaves a cap rise to the clock alone.
+   do better, near a measured one, a limited number of times per cap -- or, between two
+   measured ones, that could merely match (the model's error there is the size of the
+   gains). A larger batch size needs a little less gain: at a lower clock it leaves a cap
+   rise to the clock alone.
    A move to a larger batch size lowers the clock first, so its first samples are safe.
 
 Under light load (batches formed below the max batch size) the batch size stays, and the
@@ -30,6 +34,12 @@ A cap change is answered in the same decision: on a drop the clock goes down (an
 size too if no clock can hold the new cap); on a rise the clock goes up as far as is known to
 be safe; the planner then starts over with what the table knows. Without clock control the
 same logic works on the batch size alone.
+
+Parts that stand alone (pure, tested on their own): :mod:`.clocktrim` (which clock level a
+cut goes to, and where a batch size fits, by power), :mod:`.planner` (which batch size is
+worth a reload: measured, or probed), :mod:`.caphistory` (whether the cap is hunting),
+:mod:`.model` and :mod:`.table` (what was seen, and the fit). This class gathers what they
+need and acts. Which tuning constants matter, and why: :class:`AdaptiveTuning`.
 """
 
 from __future__ import annotations
@@ -40,15 +50,63 @@ from typing import Any
 
 from capinfer_sidecar.policies.base import Decision, Knobs, Observation, Policy, PowerSettings
 from capinfer_sidecar.policies.batchsizer import usable_batch_sizes
+from capinfer_sidecar.policies.caphistory import CapChange, hunting_floor_watts
+from capinfer_sidecar.policies.clocktrim import (
+    highest_level_under,
+    highest_level_within,
+    level_under_limit,
+)
 from capinfer_sidecar.policies.ladder import index_at_or_below, nearest_index
 from capinfer_sidecar.policies.model import Lean, ModelPriors, PlantModel
 from capinfer_sidecar.policies.observe import not_lower
+from capinfer_sidecar.policies.planner import (
+    Candidate,
+    Gains,
+    Measured,
+    Unmeasured,
+    best_measured,
+    best_probe,
+)
 from capinfer_sidecar.policies.table import PlantTable
 
 
 @dataclass(frozen=True)
 class AdaptiveTuning:
-    """Knobs of the controller itself; the defaults are what the benchmark was tuned with."""
+    """Knobs of the controller itself; the defaults are what the benchmark was tuned with.
+
+    Which ones matter, and why (most first). The rest are plumbing: they change little
+    within a factor of two of their default.
+
+    - *The working limit* (``headroom``, ``noise_sigmas``, ``max_headroom``,
+      ``reading_bias_sigmas``): how far under the cap a pair's peak must stay, and how much
+      higher than the truth its readings are taken to sit. The one lever between time over
+      the cap and throughput: every watt of headroom is a watt of clock not used; too little
+      and the sensor's noise puts the true power over the cap. ``reading_bias_sigmas`` is 0:
+      the cap is the hard limit and throughput is sought within it. Crediting the readings'
+      bias buys throughput with time over the cap: on the generated tuning half 0 / 1 / 2
+      gave 0.926 / 0.934 / 0.934 of the oracle and 1.04% / 1.17% / 1.80% of the time over
+      the cap; at 1, paper-table2's time over the cap went 0.01% -> 0.10% and its worst
+      overshoot 1.2 -> 3.7 W.
+    - *The alarm* (``alarm_sigmas``): what separates a real violation (cut at once) from
+      noise (trim after several readings). Lower cuts the clock on noise; higher leaves a
+      real excursion for a few samples.
+    - *Where it starts* (``start_batch``): under a tight cap the first batch size is over the
+      cap until a reload (seconds) takes it down; under a relaxed one growing from a small
+      one costs reloads at low throughput. A reading over the cap with nothing known of
+      smaller sizes drops several rungs at once (``drop_power_exponent``).
+    - *What a reload must earn* (``switch_gain``, ``larger_batch_preference``,
+      ``probe_gain``, ``bold_probe_gain``, ``max_probes``, ``probe_reach``): the planner's
+      appetite. Lower gains and more probes find better pairs and spend more reloads (each
+      seconds at the old size); ``probe_reach`` bounds how far the model is trusted.
+    - *Against thrashing* (``free_moves``, ``move_backoff_s``): caps that hunt up and down
+      would otherwise be chased with a reload each way.
+    - *Evidence* (``settle_s``, ``measure_s``, ``plan_interval_s``, ``dwell_samples``,
+      ``memory_s``): how long a pair is watched before it is judged, and how long what was
+      seen is trusted.
+    - *Climbing* (``trial_sigmas``, ``max_climb_ratio``): how boldly the clock climbs into
+      levels not measured. On a dense ladder (NVML lists 12-15 MHz steps) the climb and the
+      trim both move by estimated power, never one level at a time.
+    """
 
     headroom: float = 0.004
     """Least working headroom under the cap, as a fraction of it."""
@@ -58,6 +116,9 @@ class AdaptiveTuning:
     """Sensor noise assumed until learned, as a fraction of the cap."""
     alarm_sigmas: float = 2.5
     """A reading this many noise deviations over the cap is a violation beyond doubt."""
+    reading_bias_sigmas: float = 0.0
+    """How far above the true peak a pair's readings sit, in noise deviations (see
+    ``Adaptive.reading_cap_watts``)."""
     max_headroom: float = 0.05
     """Most working headroom under the cap, as a fraction of it."""
     start_batch: int = 16
@@ -88,7 +149,7 @@ class AdaptiveTuning:
     probe_gain: float = 0.05
     """Relative gain a batch size never measured must hopefully promise to be tried."""
     larger_batch_preference: float = 0.02
-    """How much less gain a move to a larger batch size needs (see ``_gain_needed``)."""
+    """How much less gain a move to a larger batch size needs (see :func:`.planner.gain_needed`)."""
     reload_timeout_s: float = 60.0
     """A batch-size change not in effect after this long (and no reload in flight) failed."""
     switch_gain: float = 0.03
@@ -99,6 +160,12 @@ class AdaptiveTuning:
     """Largest clock ratio of one climb into levels not measured at this batch size."""
     light_load_fill: float = 0.8
     """Batches formed below this fraction of the max batch size mean light load."""
+    hunt_window_s: float = 90.0
+    """A cap that rose and then dropped again within this long is hunting (see
+    ``Adaptive._holds_recent_caps``)."""
+    drop_power_exponent: float = 0.1
+    """How fast total power is assumed to fall with the batch size when a reading over the
+    cap sends the batch size down and the model knows nothing smaller (low: cautious)."""
     max_beneficial_batch: int | None = None
     """Offline-profiled cutoff, as BatchSizer's: larger rungs are never used."""
     priors: ModelPriors = field(default_factory=ModelPriors)
@@ -110,18 +177,6 @@ class AdaptiveTuning:
             raise ValueError(f"dwell_samples must be at least 1, got {self.dwell_samples}")
         if self.max_climb_ratio <= 1.0:
             raise ValueError(f"max_climb_ratio must exceed 1, got {self.max_climb_ratio}")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A batch size the planner may reload to."""
-
-    knobs: Knobs
-    """The pair to move to (a probe enters at a cautious clock)."""
-    expected_rate: float
-    """Measured (rescaled to its clock), or the best guess for one never measured."""
-    hoped_rate: float
-    measured: bool
 
 
 class Adaptive(Policy):
@@ -136,6 +191,7 @@ class Adaptive(Policy):
         self._settings: PowerSettings | None = None
         self._ladder: tuple[int, ...] = ()
         self._clocks: tuple[int, ...] = ()
+        self._clock_set: frozenset[int] = frozenset()
         self._batch = 1
         self._clock: int | None = None
         self._clock_quiet_samples = 0
@@ -161,6 +217,13 @@ class Adaptive(Policy):
         """Batch sizes whose reload never took effect, and when that was found."""
         self._reason = "not started"
         self._state = "idle"
+        self._infeasible = False
+        """The least-power setting was seen over the cap: held, and reported."""
+        self._cap_changes: list[CapChange] = []
+        """(time, cap before, cap after) of each cap change, for telling a hunting cap."""
+        self._first_sample = True
+        """The first sample after start: its interval began before the first settings were
+        in effect (the GPU's own clock), so it says nothing about them."""
 
     @property
     def tuning(self) -> AdaptiveTuning:
@@ -184,13 +247,30 @@ class Adaptive(Policy):
                 self._tuning.max_headroom * cap,
             )
             self._limit_at = (self._now_s, cap)
-            self._limit_watts = cap - headroom
+            self._limit_watts = self.reading_cap_watts - headroom
         return self._limit_watts
+
+    @property
+    def reading_cap_watts(self) -> float:
+        """The cap as readings see it: what a pair whose true peak is at the cap reads.
+
+        Each reading is the highest of several noisy reads in its interval (the loop takes
+        five), so it sits above the true peak by more than its own spread: about three of
+        the learned deviations at the 90th percentile a pair's peak is taken at. Compared
+        with the cap itself, readings would hold every pair a few watts under it: on a
+        3 W-noise sensor near the floor, a whole rung (batch 4 read over a 128 W cap that it
+        truly meets). ``reading_bias_sigmas`` is less than the three: what is left is margin;
+        by default it is 0 and readings are held to the cap itself (see ``AdaptiveTuning``).
+        """
+        if not self._table.noise_learned:
+            return self.settings.cap_watts  # the prior is a guess: no credit taken on it
+        noise = self._table.noise_watts
+        return self.settings.cap_watts + self._tuning.reading_bias_sigmas * noise
 
     @property
     def alarm_watts(self) -> float:
         """A reading above this is a violation beyond doubt, not sensor noise."""
-        return self.settings.cap_watts + self._tuning.alarm_sigmas * self._table.noise_watts
+        return self.reading_cap_watts + self._tuning.alarm_sigmas * self._table.noise_watts
 
     # -- the Policy interface ------------------------------------------------------------
 
@@ -213,6 +293,10 @@ class Adaptive(Policy):
             self._clock = None
             where = "clocks not controlled, so the first rung (a violation would last a reload)"
         self._batch_applied_s = None
+        self._last_applied = None
+        self._first_sample = True
+        self._infeasible = False
+        self._cap_changes = []
         self._say(f"start at batch {self._batch}, {where}", "starting")
         return self._decision()
 
@@ -224,6 +308,9 @@ class Adaptive(Policy):
         self._now_s = now_s
         notes = self._set_ladders(settings)
         if (old.cap_watts, old.band) != (settings.cap_watts, settings.band):
+            if old.cap_watts != settings.cap_watts:
+                self._cap_changes.append((now_s, old.cap_watts, settings.cap_watts))
+            self._infeasible = False
             self._probed = set()
             self._probes = 0
             self._moves_in_epoch = 0
@@ -235,9 +322,14 @@ class Adaptive(Policy):
     def step(self, observation: Observation) -> Decision:
         self._now_s = observation.now_s
         previous, self._last_applied = self._last_applied, observation.applied
+        if self._first_sample:
+            self._first_sample = False
+            return self._decision()
         self._table.noise_prior_watts = self._tuning.noise_prior * self.settings.cap_watts
         self._table.full_fraction = self._tuning.light_load_fill
         self._table.record(observation)
+        if self._infeasible and self._pair_peak(observation.applied) <= self.reading_cap_watts:
+            self._infeasible = False  # the least-power setting now reads under the cap
         if observation.applied.sm_clock_mhz == self._clock:
             self._clock_quiet_samples += 1
         if self._batch_applied_s is None and not observation.reload_in_flight:
@@ -284,6 +376,26 @@ class Adaptive(Policy):
         self._batch_applied_s = observation.now_s
         self._say(f"reload to batch {refused}: {why}; batch {self._batch} stays", "reload-failed")
 
+    def _holds_recent_caps(self, batch: int) -> bool:
+        """While the cap hunts, a larger batch size must fit the lowest recent cap.
+
+        A cap that drops again within seconds would otherwise meet a large batch size that
+        only a reload (seconds over the cap) can take down; a clock cut is instant. So, once
+        the cap has risen and then dropped again within ``hunt_window_s``, a move to a larger
+        batch size needs its cautious peak at the lowest clock under the lowest cap of that
+        window. Caps that only step one way (down, or down then back up) are not hunting.
+        """
+        if batch <= self._batch:
+            return True
+        lowest_cap = hunting_floor_watts(
+            self._cap_changes, self._now_s, self._tuning.hunt_window_s, self.settings.cap_watts
+        )
+        if lowest_cap is None:
+            return True
+        clock = self._clocks[0] if self._clocks else None
+        estimate = self._peak(batch, clock, lean=Lean.CAUTIOUS)
+        return estimate is not None and estimate <= lowest_cap * (1.0 - self._tuning.headroom)
+
     def _usable(self, batch: int) -> bool:
         """Not refused by the server recently."""
         refused_s = self._refused.get(batch)
@@ -321,12 +433,28 @@ class Adaptive(Policy):
             return  # a smaller batch size is already on its way
         if self._draining is not None and self._draining[0] > applied.batch_size:
             return  # the reading is the larger batch's, formed before the reload, still running
-        smaller = self._smaller_batch(applied.batch_size)
+        smaller = self._smaller_batch(applied.batch_size, observation.power_watts)
         if smaller is None:
-            self._say(
-                f"{reading} at the smallest batch and lowest clock: cap unreachable",
-                "cap-unreachable",
-            )
+            # Nothing draws less: hold this setting (never oscillate). It is reported
+            # infeasible once its peak is over the cap beyond doubt (the alarm bound: a
+            # noisy sensor reads the top of a pair's spread, and near the floor a pair that
+            # truly fits reads over the cap by a few watts); cleared when the peak comes
+            # back under the cap, or the cap changes.
+            where = "smallest batch" + (", lowest clock" if self._clocks else "")
+            if self._pair_peak(applied) > self.alarm_watts:
+                self._infeasible = True
+            if self._infeasible:
+                self._say(
+                    f"{reading} at the least-power setting ({where}): the cap is infeasible;"
+                    " holding it",
+                    "cap-infeasible",
+                )
+            else:
+                self._say(
+                    f"{reading} at the least-power setting ({where}), within the sensor's "
+                    "noise: holding it",
+                    "holding",
+                )
             return
         self._move_batch(smaller, observation.now_s)
         self._say(f"{reading} at batch {applied.batch_size}: batch down to {smaller}", "over-cap")
@@ -335,7 +463,8 @@ class Adaptive(Policy):
         """A reading over the cap within the noise, or a pair whose peak is over the limit.
 
         One noisy reading alone moves nothing (neither up nor down); a pair whose peak, from
-        all its recent readings, is above the limit is left one clock level down.
+        all its recent readings, is above the limit is left for the highest level estimated
+        under the limit (at least one down).
         """
         applied = observation.applied
         peak = self._pair_peak(applied)
@@ -344,13 +473,20 @@ class Adaptive(Policy):
         clock = applied.sm_clock_mhz
         lowest = not self._clocks or clock is None or clock == self._clocks[0]
         if lowest:
-            if peak > self.settings.cap_watts:
+            if peak > self.reading_cap_watts:
                 self._batch_down(observation, f"peak {peak:.1f} W over the cap")
             return
         self._keep_away(applied, peak)
         if clock is None or self._clock != clock:
             return
-        lower = self._clocks[self._clocks.index(clock) - 1]
+        # Stepped by power, not by level: on a dense ladder (NVML lists 12-15 MHz steps) one
+        # level is a watt or two, and a level at a time would leave the pair over the limit
+        # for as many samples as there are levels to go.
+        # The latest reading counts when it is higher: the pair's peak, from few readings,
+        # may not have caught up with what the pair really draws.
+        lower = self._clock_under_limit(
+            applied.batch_size, clock, max(peak, observation.power_watts)
+        )
         self._set_clock(lower, observation.now_s)
         self._say(
             f"peak {peak:.1f} W above the limit {self.limit_watts:.1f} W at batch "
@@ -460,7 +596,7 @@ class Adaptive(Policy):
         for batch in (b for b in self._ladder if b > before):
             if self._model.rate(batch, None, self._now_s, self._tuning.measure_s) is not None:
                 break
-            if not self._usable(batch):
+            if not self._usable(batch) or not self._holds_recent_caps(batch):
                 break
             if not self._within_reach(batch):
                 break
@@ -525,28 +661,27 @@ class Adaptive(Policy):
         return self._model.peak(batch, clock, self._now_s, lean, remembered=remembered)
 
     def _clock_under_limit(self, batch: int, clock: int, reading_watts: float) -> int:
-        """The highest level below ``clock`` estimated under the limit after a violation.
-
-        The reading itself is rescaled along the fitted clock curve: it may be hotter than
-        anything the fit has seen (new conditions), and it is what has to come down.
-        """
+        """The highest level below ``clock`` estimated under the limit after a violation
+        (see :func:`.clocktrim.level_under_limit`)."""
         fit = self._model.power_fit(self._now_s)
-        idle = fit.idle_watts if fit else 0.0
-        gamma = fit.gamma if fit else self._tuning.priors.clock_power_exponent
-        for candidate in reversed([c for c in self._clocks if c < clock]):
-            from_reading = idle + (reading_watts - idle) * math.pow(candidate / clock, gamma)
-            known = self._peak(batch, candidate, lean=Lean.CENTRAL) or 0.0
-            if max(from_reading, known) <= self.limit_watts:
-                return candidate
-        return self._clocks[0]
+        return level_under_limit(
+            self._clocks,
+            clock,
+            reading_watts,
+            self.limit_watts,
+            idle_watts=fit.idle_watts if fit else 0.0,
+            gamma=fit.gamma if fit else self._tuning.priors.clock_power_exponent,
+            known_peak=lambda level: self._peak(batch, level, lean=Lean.CENTRAL),
+        )
 
     def _drop_target(self, batch: int, clock: int) -> int:
         """After a cap drop: the highest level at or below ``clock`` estimated under the limit."""
-        for candidate in reversed([c for c in self._clocks if c <= clock]):
-            estimate = self._peak(batch, candidate, lean=Lean.CAUTIOUS)
-            if estimate is not None and estimate <= self.limit_watts:
-                return candidate
-        return self._clocks[0]
+        return highest_level_under(
+            self._clocks,
+            clock,
+            self.limit_watts,
+            lambda level: self._peak(batch, level, lean=Lean.CAUTIOUS),
+        )
 
     def _highest_safe_clock(self, batches: set[int], clock: int) -> int:
         """Climb from ``clock`` through the levels estimated safe for every batch given.
@@ -577,12 +712,26 @@ class Adaptive(Policy):
                 # The next level, never measured, is worth one look when the best guess puts
                 # it within the noise of the limit: its first readings settle it (and a pair
                 # found too hot is remembered).
-                allowance = self._tuning.trial_sigmas * self._table.noise_watts if first else 0.0
+                # Not when a level above was found too hot: on a dense ladder the level just
+                # under it draws nearly as much.
+                allowance = (
+                    self._tuning.trial_sigmas * self._table.noise_watts
+                    if first and not self._hot_above(batch, candidate)
+                    else 0.0
+                )
                 safe = safe and estimate is not None and estimate <= self.limit_watts + allowance
             if not safe:
                 break
             best = candidate
         return best
+
+    def _hot_above(self, batch: int, clock: int) -> bool:
+        """A level above ``clock`` was found too hot at this batch size (and still counts)."""
+        return any(
+            self._table.too_hot(batch, c, self._now_s, self.limit_watts)
+            for c in self._clocks
+            if c > clock
+        )
 
     def _next_clock(self, clock: int) -> int | None:
         higher = [c for c in self._clocks if c > clock]
@@ -598,22 +747,48 @@ class Adaptive(Policy):
             if estimate is None or estimate > self.limit_watts:
                 return None
             return Knobs(batch, None)
-        for clock in reversed(self._clocks):
-            estimate = self._peak(batch, clock, lean=lean, remembered=True)
-            if estimate is None:
-                return None
-            if estimate <= self.limit_watts:
-                return Knobs(batch, clock)
-        return None
+        if self._model.power_fit(self._now_s) is None:
+            # Nothing fitted: only pairs with readings have an estimate, and the top clock
+            # must be one of them for any level to be known to fit.
+            for clock in reversed(self._clocks):
+                estimate = self._peak(batch, clock, lean=lean, remembered=True)
+                if estimate is None:
+                    return None
+                if estimate <= self.limit_watts:
+                    return Knobs(batch, clock)
+            return None
+        # With a fit every level has an estimate, rising with the clock except where the
+        # pair has readings of its own: bisected, not scanned (dense ladders).
+        own = {
+            clock: self._peak(batch, clock, lean=lean, remembered=True)
+            for clock in self._table.cells_for_batch(batch, self._now_s)
+            if clock is not None and clock in self._clock_set
+        }
+        found = highest_level_within(
+            self._clocks,
+            self.limit_watts,
+            lambda clock: self._peak(batch, clock, lean=lean, remembered=True) or 0.0,
+            own,
+        )
+        return None if found is None else Knobs(batch, found)
 
-    def _smaller_batch(self, batch: int) -> int | None:
-        """The largest smaller rung estimated to fit (at the lowest clock); else the next one."""
+    def _smaller_batch(self, batch: int, reading_watts: float | None = None) -> int | None:
+        """The largest smaller rung estimated to fit (at the lowest clock); else the smallest.
+
+        Where the model knows nothing yet, a reading over the cap at ``batch`` is scaled down
+        as ``(b / batch) ** drop_power_exponent`` (idle included, total power falls slowly
+        with the batch size: a high estimate): far over the cap, the batch size drops several
+        rungs in one reload instead of one rung per reload, each of seconds over the cap.
+        """
         smaller = [b for b in self._ladder if b < batch and self._usable(b)]
         if not smaller:
             return None
         clock = self._clocks[0] if self._clocks else None
+        exponent = self._tuning.drop_power_exponent
         for candidate in reversed(smaller):
             estimate = self._peak(candidate, clock, lean=Lean.CAUTIOUS)
+            if estimate is None and reading_watts is not None:
+                estimate = reading_watts * math.pow(candidate / batch, exponent)
             if estimate is None or estimate <= self.limit_watts:
                 return candidate  # fits, or nothing is known: one rung at a time
         return smaller[0]
@@ -632,21 +807,24 @@ class Adaptive(Policy):
         """
         return self._best_known(rate) or self._best_probe(rate)
 
-    def _gain_needed(self, batch: int, exact: bool) -> float:
-        """The relative gain a move to ``batch`` must promise.
-
-        A rate rescaled from another clock needs twice the switch gain. A larger batch size
-        needs less: at a lower clock it leaves a cap rise to the clock alone (no reload).
-        """
-        gain = self._tuning.switch_gain * (1.0 if exact else 2.0)
-        if batch > self._batch:
-            gain -= self._tuning.larger_batch_preference
-        return max(gain, 0.0)
+    @property
+    def _gains(self) -> Gains:
+        tuning = self._tuning
+        return Gains(
+            switch_gain=tuning.switch_gain,
+            larger_batch_preference=tuning.larger_batch_preference,
+            probe_gain=tuning.probe_gain,
+            bold_probe_gain=tuning.bold_probe_gain,
+        )
 
     def _best_known(self, rate: float) -> Candidate | None:
-        best: Candidate | None = None
+        """The best measured batch size worth a reload (:func:`.planner.best_measured`), each
+        judged at the pair it would run at under the limit (central estimate)."""
+        options: list[Measured] = []
         for batch in self._ladder:
             if batch == self._batch or not self._usable(batch):
+                continue
+            if not self._holds_recent_caps(batch):
                 continue
             pair = self._fit(batch, lean=Lean.CENTRAL)
             if pair is None:
@@ -654,57 +832,57 @@ class Adaptive(Policy):
             found = self._model.rate_and_source(
                 batch, pair.sm_clock_mhz, self._now_s, self._tuning.measure_s
             )
-            if found is None:
-                continue
-            expected, exact = found
-            needed = rate * (1.0 + self._gain_needed(batch, exact))
-            if expected > needed and (best is None or expected > best.expected_rate):
-                best = Candidate(pair, expected, expected, measured=True)
-        return best
+            if found is not None:
+                options.append(Measured(pair, found[0], found[1]))
+        return best_measured(rate, self._batch, options, self._gains)
 
     def _best_probe(self, rate: float) -> Candidate | None:
-        """An unmeasured batch size worth a try, if any.
+        """An unmeasured batch size worth a try, if any (:func:`.planner.best_probe`).
 
-        Judged on the latency fit: worth a reload when, with hopeful power and batch-time
-        estimates, it could beat ``rate`` by the probe gain, and the best guess (central
-        estimates) is a gain too -- with one batch size measured the guess is only the prior,
-        and the hope decides; so does a bold hope. Of those, the one the best guess favours.
-        A probe enters at the cautious pair, so that its first samples stay under the cap.
+        Judged on the latency fit, with hopeful and with central (best guess) power and
+        batch-time estimates; only batch sizes near a measured one, not probed since the cap
+        changed, and within the probes left. A probe enters at the cautious pair, so that
+        its first samples stay under the cap.
         """
         fit = self._model.latency_fit(self._now_s, self._fit_evidence_s)
         if fit is None or self._probes_left() <= 0:
             return None
         shifted = max(fit.exponent - self._tuning.hopeful_exponent_shift, 0.5)
         hopeful_fit = self._model.latency_fit(self._now_s, self._fit_evidence_s, shifted) or fit
-        only_prior = len(self._table.batches_seen(self._now_s)) < 2
-        best: Candidate | None = None
+        seen = self._table.batches_seen(self._now_s)
+        # With clocks a probe enters at the clock its cautious estimate allows, and climbs.
+        # Without, there is no clock to enter low: the cautious estimate would forbid every
+        # batch size whose power is at all uncertain, and the best guess has to do.
+        entry_lean = Lean.CAUTIOUS if self._clocks else Lean.CENTRAL
+        options: list[Unmeasured] = []
         for batch in self._ladder:
             if batch == self._batch or batch in self._probed or not self._within_reach(batch):
                 continue
-            if not self._usable(batch):
+            if not self._usable(batch) or not self._holds_recent_caps(batch):
                 continue
             if self._model.rate(batch, None, self._now_s, self._tuning.measure_s) is not None:
                 continue  # measured: _best_known judges it
             hopeful = self._fit(batch, lean=Lean.HOPEFUL)
-            entry = self._fit(batch, lean=Lean.CAUTIOUS)
+            entry = self._fit(batch, lean=entry_lean)
             if hopeful is None or entry is None:
                 continue
             central = self._fit(batch, lean=Lean.CENTRAL) or entry
-            hope = self._model.predicted_rate(hopeful_fit, batch, hopeful.sm_clock_mhz)
-            guess = self._model.predicted_rate(fit, batch, central.sm_clock_mhz)
-            if self._probes == 0:
-                believed = (
-                    only_prior
-                    or guess > rate * (1.0 + self._gain_needed(batch, True))
-                    or hope > rate * (1.0 + self._tuning.bold_probe_gain)
+            options.append(
+                Unmeasured(
+                    entry,
+                    hope=self._model.predicted_rate(hopeful_fit, batch, hopeful.sm_clock_mhz),
+                    guess=self._model.predicted_rate(fit, batch, central.sm_clock_mhz),
+                    bracketed=any(b < batch for b in seen) and any(b > batch for b in seen),
                 )
-            else:
-                # Later probes need the best guess itself to promise the probe gain.
-                believed = guess > rate * (1.0 + self._tuning.probe_gain)
-            hoped = hope > rate * (1.0 + self._tuning.probe_gain)
-            if hoped and believed and (best is None or guess > best.expected_rate):
-                best = Candidate(entry, guess, hope, measured=False)
-        return best
+            )
+        return best_probe(
+            rate,
+            self._batch,
+            options,
+            self._gains,
+            first=self._probes == 0,
+            only_prior=len(seen) < 2,
+        )
 
     @property
     def _fit_evidence_s(self) -> float:
@@ -772,6 +950,7 @@ class Adaptive(Policy):
             else:
                 self._set_clock(clocks[index_at_or_below(clocks, self._clock)], self._now_s)
             self._clocks = clocks
+            self._clock_set = frozenset(clocks)
             self._model.top_mhz = clocks[-1] if clocks else None
         return notes
 
@@ -785,4 +964,5 @@ class Adaptive(Policy):
             reason=self._reason,
             state=self._state,
             extra={"limit_watts": self.limit_watts, "reloads": float(self._reloads)},
+            infeasible=self._infeasible,
         )

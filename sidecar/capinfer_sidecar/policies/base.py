@@ -99,6 +99,9 @@ class Decision:
     state: str = ""
     """A short name for the policy's phase (e.g. 'searching', 'settled'), for metrics."""
     extra: dict[str, float] = field(default_factory=dict)
+    infeasible: bool = False
+    """The cap is below what the least-power setting draws (seen, not guessed): the policy
+    holds that setting, and no setting can do better. Cleared when the cap changes."""
 
 
 class Policy(abc.ABC):

@@ -153,6 +153,11 @@ class PlantTable:
         """
         return self._noise_watts if self._noise_watts is not None else self.noise_prior_watts
 
+    @property
+    def noise_learned(self) -> bool:
+        """Whether :attr:`noise_watts` comes from readings (not the prior)."""
+        return self._noise_watts is not None
+
     def _note_difference(self, cell: Cell, reading_watts: float) -> None:
         if len(cell.peaks_watts) < 4:
             return

@@ -165,7 +165,9 @@ def drive(
         before = int(batches)
         batches += dt_s / gpu.batch_time_s(applied)
         inferences += (int(batches) - before) * gpu.formed(applied).batch_size
-        observed = peak + (rng.gauss(0.0, gpu.noise_watts) if gpu.noise_watts else 0.0)
+        # As the control loop reads: the highest of its five noisy reads in the interval.
+        noise = max(rng.gauss(0.0, gpu.noise_watts) for _ in range(5)) if gpu.noise_watts else 0.0
+        observed = peak + noise
         observation = Observation(
             now_s=now_s,
             power_watts=observed,

@@ -116,6 +116,14 @@ def test_quarantined_batch_sizes_are_one_series_each(registry: CollectorRegistry
     assert value("capinfer_reload_quarantined", {"batch_size": "32"}) is None
 
 
+def test_an_infeasible_cap_is_a_gauge(registry: CollectorRegistry) -> None:
+    collector = SnapshotCollector().register(registry)
+    collector.update(SNAPSHOT)
+    assert registry.get_sample_value("capinfer_cap_infeasible") == 0
+    collector.update(replace(SNAPSHOT, cap_infeasible=True, policy_state="cap-infeasible"))
+    assert registry.get_sample_value("capinfer_cap_infeasible") == 1
+
+
 async def test_task_restarts_failing_tasks_and_rejected_specs(
     registry: CollectorRegistry,
 ) -> None:

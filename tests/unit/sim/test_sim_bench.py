@@ -247,3 +247,45 @@ def test_a_loop_that_raised_is_a_failed_run(tiny: Path, monkeypatch: pytest.Monk
     assert run.metrics is None and run.result is not None
     assert run.error is not None and "started again by its supervisor" in run.error
     assert "RuntimeError: bad step" in run.error
+
+
+INFEASIBLE = """
+    name: infeasible
+    defaults: {profile: p40, duration_s: 20, dnn: Res50, dataset: caltech}
+    jobs:
+      - {name: fits, cap_watts: 170, seed: 5}
+      - {name: below-the-floor, cap_watts: 40, seed: 6}
+"""
+
+
+def test_an_infeasible_job_is_marked_and_left_out_of_the_means(tmp_path: Path) -> None:
+    path = tmp_path / "infeasible.yaml"
+    path.write_text(dedent(INFEASIBLE))
+    bench = run_bench(load_workload(path), parse_policy_list("Adaptive"))
+    fits, below = bench.jobs
+    assert not fits.infeasible and below.infeasible
+    summary = bench.summaries()[0]
+    assert summary.infeasible_jobs == 1
+    assert summary.geomean_vs_oracle == pytest.approx(fits.versus_oracle("Adaptive"))
+    below_metrics = below.metrics("Adaptive")
+    fits_metrics = fits.metrics("Adaptive")
+    assert below_metrics is not None and fits_metrics is not None
+    assert below_metrics.over_cap_fraction > 0.5  # nothing fits: over the cap, held
+    assert summary.over_cap_percent == pytest.approx(100 * fits_metrics.over_cap_fraction)
+    report = render_markdown(bench)
+    assert "Infeasible jobs" in report and "1 of 2 (below-the-floor)" in report
+    assert "(cap unreachable)" in report
+
+
+def test_capinfer_bench_generate_writes_both_halves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "generated"
+    assert main(["bench", "--generate", "6", "--seed", "3", "--out", str(out)]) == 0
+    tuning = load_workload(out / "generated-tuning.yaml")
+    held_out = load_workload(out / "generated-heldout.yaml")
+    assert len(tuning.jobs) + len(held_out.jobs) == 6
+    assert all(job.config.seed % 2 == 0 for job in tuning.jobs)
+    assert all(job.config.seed % 2 == 1 for job in held_out.jobs)
+    assert "generated-heldout.yaml: " in capsys.readouterr().out
+    assert main(["bench", "--generate", "6", "--workload", "x.yaml", "--out", str(out)]) == 2
