@@ -47,9 +47,18 @@ def _bin_low_s(index: int) -> float:
 
 @dataclass
 class LatencyHistogram:
-    """Request latencies, by logarithmic bin (weights may be fractional)."""
+    """Request latencies, by logarithmic bin (weights may be fractional).
+
+    A span of latencies covers its two end bins in part and every bin between them whole.
+    The end bins' shares go to ``weights``; the whole bins are kept as a density (requests
+    per second of latency) in a difference array over bin indices, ``density``: a whole bin
+    ``i`` holds density * its width. So adding a span costs the same however many bins it
+    covers (a backlog's spans cover hundreds), and a quantile walks the bins once.
+    """
 
     weights: dict[int, float] = field(default_factory=dict)
+    density: dict[int, float] = field(default_factory=dict)
+    """Difference array: the density of whole bins from an index on changes by its value."""
     total: float = 0.0
 
     def add(self, shortest_s: float, longest_s: float, count: float) -> None:
@@ -61,17 +70,38 @@ class LatencyHistogram:
         if first == last or longest_s <= shortest_s:
             self.weights[first] = self.weights.get(first, 0.0) + count
             return
-        span_s = longest_s - shortest_s
-        for index in range(first, last + 1):
-            low = max(shortest_s, _bin_low_s(index))
-            high = min(longest_s, _bin_low_s(index + 1))
-            if high > low:
-                self.weights[index] = self.weights.get(index, 0.0) + count * (high - low) / span_s
+        rate = count / (longest_s - shortest_s)
+        self.weights[first] = self.weights.get(first, 0.0) + rate * (
+            _bin_low_s(first + 1) - max(shortest_s, _bin_low_s(first))
+        )
+        self.weights[last] = self.weights.get(last, 0.0) + rate * (
+            min(longest_s, _bin_low_s(last + 1)) - _bin_low_s(last)
+        )
+        if last - first >= 2:
+            self.density[first + 1] = self.density.get(first + 1, 0.0) + rate
+            self.density[last] = self.density.get(last, 0.0) - rate
 
     def merge(self, other: LatencyHistogram) -> None:
         for index, weight in other.weights.items():
             self.weights[index] = self.weights.get(index, 0.0) + weight
+        for index, change in other.density.items():
+            self.density[index] = self.density.get(index, 0.0) + change
         self.total += other.total
+
+    def _bins(self) -> list[tuple[int, float]]:
+        """(index, weight) of every bin with weight, in order."""
+        if not self.density:
+            return sorted(self.weights.items())
+        indices = [*self.weights, *self.density]
+        bins: list[tuple[int, float]] = []
+        rate = 0.0
+        for index in range(min(indices), max(indices) + 1):
+            rate += self.density.get(index, 0.0)
+            whole = rate * (_bin_low_s(index + 1) - _bin_low_s(index)) if rate > 0 else 0.0
+            weight = self.weights.get(index, 0.0) + whole
+            if weight > 0:
+                bins.append((index, weight))
+        return bins
 
     def quantile_s(self, q: float) -> float | None:
         """The ``q`` quantile in seconds; None when empty."""
@@ -79,14 +109,14 @@ class LatencyHistogram:
             return None
         rank = q * self.total
         seen = 0.0
-        for index in sorted(self.weights):
-            weight = self.weights[index]
+        bins = self._bins()
+        for index, weight in bins:
             if seen + weight >= rank:
-                inside = (rank - seen) / weight if weight > 0 else 0.0
+                inside = (rank - seen) / weight
                 low, high = _bin_low_s(index), _bin_low_s(index + 1)
                 return low + inside * (high - low)
             seen += weight
-        return _bin_low_s(max(self.weights) + 1)
+        return _bin_low_s(bins[-1][0] + 1)
 
 
 @dataclass

@@ -4,8 +4,11 @@ obeys Little's law (the number of clients = throughput x mean latency)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from capinfer_sidecar.policies import make_policy
+from capinfer_sidecar.sim import latency
 from capinfer_sidecar.sim.config import RunConfig, SaturatingLoad
 from capinfer_sidecar.sim.latency import LatencyHistogram, RequestLatencies
 from capinfer_sidecar.sim.profiles import load_profile_set
@@ -58,3 +61,56 @@ def test_a_closed_loop_obeys_littles_law(batch: int) -> None:
     assert result.p99_latency_ms is not None
     assert result.p99_latency_ms == pytest.approx(expected_ms, rel=0.25)
     assert result.p99_latency_ms >= 1000 * profile.batch_latency_s(batch, None)
+
+
+def _reference_weights(spans: list[tuple[float, float, float]]) -> dict[int, float]:
+    """Every span spread over its bins one by one: the definition the histogram keeps."""
+    weights: dict[int, float] = {}
+    for shortest, longest, count in spans:
+        first, last = latency._bin(shortest), latency._bin(longest)
+        if first == last or longest <= shortest:
+            weights[first] = weights.get(first, 0.0) + count
+            continue
+        for index in range(first, last + 1):
+            low = max(shortest, latency._bin_low_s(index))
+            high = min(longest, latency._bin_low_s(index + 1))
+            if high > low:
+                weights[index] = weights.get(index, 0.0) + count * (high - low) / (
+                    longest - shortest
+                )
+    return weights
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(1e-5, 5.0),
+            # Narrow spans (a few bins) as well as wide ones (a backlog's hundreds).
+            st.floats(0.0, 0.1) | st.floats(0.0, 50.0),
+            st.floats(0.01, 64.0),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.sampled_from([0.1, 0.5, 0.9, 0.99, 0.999]),
+)
+def test_spans_are_binned_as_if_spread_bin_by_bin(
+    raw: list[tuple[float, float, float]], q: float
+) -> None:
+    spans = [(shortest, shortest * (1 + widen), count) for shortest, widen, count in raw]
+    whole, halves, other = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+    for span in spans:
+        whole.add(*span)
+    for span in spans[::2]:
+        halves.add(*span)
+    for span in spans[1::2]:
+        other.add(*span)
+    halves.merge(other)  # as Triton's window merges its age buckets
+    reference = LatencyHistogram(weights=_reference_weights(spans))
+    reference.total = sum(count for _, _, count in spans)
+    expected = reference.quantile_s(q)
+    assert expected is not None
+    for built in (whole, halves):
+        found = built.quantile_s(q)
+        assert found == pytest.approx(expected, rel=1e-6)
