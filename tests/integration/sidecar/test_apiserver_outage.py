@@ -20,20 +20,12 @@ from typing import Any
 import pytest
 
 from capinfer.localcluster.cluster import LocalCluster
-from capinfer.localpod import LocalPod
-from capinfer.testmodels import SimBatchSpec
 from capinfer.tritonload import ClosedLoopLoad
-from capinfer_operator.builders import (
-    Target,
-    build_role,
-    build_role_binding,
-    build_service_account,
-)
+from kubepods import POD_NAME, kube_mode_pod, wait_until
 from podwatch import PodWatch, log_since, over_cap_between
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton]
 
-POD_NAME = "local-pod-0"
 OUTAGE_S = 5.0
 
 
@@ -45,46 +37,10 @@ def pod_entry(cluster: LocalCluster, namespace: str) -> dict[str, Any]:
     return next((e for e in entries if e["name"] == POD_NAME), {})
 
 
-async def wait_until(what: str, check: Any, timeout_s: float = 60) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout_s:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
 async def test_the_api_server_stopped_and_started(
     cluster: LocalCluster, namespace: str, crd_installed: None, tmp_path: Path
 ) -> None:
-    target = Target(name="outage", namespace=namespace)
-    obj = {
-        "apiVersion": "capinfer.io/v1alpha1",
-        "kind": "PowerCappedInference",
-        "metadata": {"name": "outage", "namespace": namespace},
-        "spec": {
-            "replicas": 0,
-            "triton": {
-                "image": "nvcr.io/nvidia/tritonserver:24.08-py3",
-                "model": "simbatch",
-                "modelRepository": {"uri": "s3://example/models"},
-            },
-            "power": {"capWatts": 180},
-        },
-    }
-    for manifest in [obj, build_service_account(target), build_role(target),
-                     build_role_binding(target)]:  # fmt: skip
-        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
-    kubeconfig = cluster.service_account_kubeconfig(
-        namespace, target.sidecar_account, tmp_path / "sidecar.kubeconfig"
-    )
-    pod = LocalPod(
-        tmp_path / "pod",
-        ["--object", "outage", "--namespace", namespace, "--pod-name", POD_NAME,
-         "--status-interval", "1"],
-        model=SimBatchSpec(max_batch_size=8, max_supported_batch_size=256),
-        env={"KUBECONFIG": str(kubeconfig)},
-    )  # fmt: skip
+    pod = kube_mode_pod(cluster, namespace, "outage", tmp_path)
     pod.start()
     apiserver_down = False
     try:

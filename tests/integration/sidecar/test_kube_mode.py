@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,11 @@ from kubernetes import config as kube_config
 
 from apirefusals import refusals_in
 from capinfer.localcluster.cluster import LocalCluster
-from capinfer.localpod import LocalPod
-from capinfer.testmodels import SimBatchSpec
 from capinfer.tritonload import ClosedLoopLoad
 from capinfer_core import ThroughputCurve
-from capinfer_operator.builders import (
-    Target,
-    build_role,
-    build_role_binding,
-    build_service_account,
-)
+from kubepods import POD_NAME, kube_mode_pod, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton]
-
-POD_NAME = "local-pod-0"
 
 
 def pod_entry(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
@@ -41,46 +31,10 @@ def pod_entry(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any
     return next((e for e in entries if e["name"] == POD_NAME), None)
 
 
-async def wait_until(what: str, check: Any, timeout_s: float = 60) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout_s:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
 async def test_a_patched_cap_reaches_the_running_sidecar_and_its_status_entry(
     cluster: LocalCluster, namespace: str, crd_installed: None, tmp_path: Path
 ) -> None:
-    target = Target(name="live", namespace=namespace)
-    obj = {
-        "apiVersion": "capinfer.io/v1alpha1",
-        "kind": "PowerCappedInference",
-        "metadata": {"name": "live", "namespace": namespace},
-        "spec": {
-            "replicas": 0,
-            "triton": {
-                "image": "nvcr.io/nvidia/tritonserver:24.08-py3",
-                "model": "simbatch",
-                "modelRepository": {"uri": "s3://example/models"},
-            },
-            "power": {"capWatts": 180},
-        },
-    }
-    manifests = [obj, build_service_account(target), build_role(target), build_role_binding(target)]
-    for manifest in manifests:
-        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
-    kubeconfig = cluster.service_account_kubeconfig(
-        namespace, target.sidecar_account, tmp_path / "sidecar.kubeconfig"
-    )
-    pod = LocalPod(
-        tmp_path / "pod",
-        ["--object", "live", "--namespace", namespace, "--pod-name", POD_NAME,
-         "--status-interval", "1"],
-        model=SimBatchSpec(max_batch_size=8, max_supported_batch_size=256),
-        env={"KUBECONFIG": str(kubeconfig)},
-    )  # fmt: skip
+    pod = kube_mode_pod(cluster, namespace, "live", tmp_path)
     pod.start()
     try:
         assert pod.scrape().cap_watts == 180
@@ -148,34 +102,7 @@ def apply_allocation(
 async def test_a_budget_allocation_below_the_cap_is_the_cap_the_running_loop_obeys(
     cluster: LocalCluster, namespace: str, crd_installed: None, tmp_path: Path
 ) -> None:
-    target = Target(name="budgeted", namespace=namespace)
-    obj = {
-        "apiVersion": "capinfer.io/v1alpha1",
-        "kind": "PowerCappedInference",
-        "metadata": {"name": "budgeted", "namespace": namespace},
-        "spec": {
-            "replicas": 0,
-            "triton": {
-                "image": "nvcr.io/nvidia/tritonserver:24.08-py3",
-                "model": "simbatch",
-                "modelRepository": {"uri": "s3://example/models"},
-            },
-            "power": {"capWatts": 180},
-        },
-    }
-    manifests = [obj, build_service_account(target), build_role(target), build_role_binding(target)]
-    for manifest in manifests:
-        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(manifest))
-    kubeconfig = cluster.service_account_kubeconfig(
-        namespace, target.sidecar_account, tmp_path / "sidecar.kubeconfig"
-    )
-    pod = LocalPod(
-        tmp_path / "pod",
-        ["--object", "budgeted", "--namespace", namespace, "--pod-name", POD_NAME,
-         "--status-interval", "1"],
-        model=SimBatchSpec(max_batch_size=8, max_supported_batch_size=256),
-        env={"KUBECONFIG": str(kubeconfig)},
-    )  # fmt: skip
+    pod = kube_mode_pod(cluster, namespace, "budgeted", tmp_path)
 
     def entry_cap() -> Any:
         return (pod_entry(cluster, namespace, "budgeted") or {}).get("capWatts")
