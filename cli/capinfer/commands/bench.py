@@ -68,14 +68,18 @@ class ProgressBar:
         self._stream.flush()
 
 
-def _generate(args: argparse.Namespace) -> int:
-    if args.generate < 2:
-        raise UserError(f"--generate: need at least 2 jobs (one per half), got {args.generate}")
-    out_dir: Path = args.out
+def _make_folder(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--out {out_dir}: cannot create the folder: {error.strerror}") from None
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.generate < 2:
+        raise UserError(f"--generate: need at least 2 jobs (one per half), got {args.generate}")
+    out_dir: Path = args.out
+    _make_folder(out_dir)
     jobs = generate_jobs(args.generate, args.seed)
     command = f"capinfer bench --generate {args.generate} --seed {args.seed} --out {out_dir}"
     for half, jobs_of_half, what in zip(
@@ -117,10 +121,7 @@ def _bench(args: argparse.Namespace) -> int:
     except SpecError as error:
         raise UserError(str(error)) from None
     out_dir: Path = args.out
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out {out_dir}: cannot create the folder: {error.strerror}") from None
+    _make_folder(out_dir)
     progress = None if args.quiet else ProgressBar(sys.stderr)
     bench = run_bench(workload, policies, jobs, progress)
     figures = [] if args.no_plots else write_figures(bench, out_dir)
@@ -147,10 +148,7 @@ def _fleet_bench(args: argparse.Namespace) -> int:
     except (SpecError, ValueError) as error:
         raise UserError(str(error)) from None
     out_dir: Path = args.out
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out {out_dir}: cannot create the folder: {error.strerror}") from None
+    _make_folder(out_dir)
     started = time.monotonic()
 
     def progress(split: str, now_s: float, duration_s: float) -> None:
