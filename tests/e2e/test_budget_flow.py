@@ -34,9 +34,15 @@ from capinfer.tritonload import ClosedLoopLoad
 pytestmark = [pytest.mark.cluster, pytest.mark.triton]
 
 CAP_WATTS = 180
-PHASES = (0.92, 0.82, 0.97)
-"""The budget, in turn, as a share of what the four pods draw under no budget: it binds."""
-MIN_WATTS = 95
+PHASES = (0.6, 0.3, 0.8)
+"""The budget, in turn: the four minimums plus this share of what the pods draw above them
+under no budget. So every budget binds and every one is satisfiable, whatever this machine's
+load lets the pods draw (the virtual GPU draws what Triton executes, and Triton here runs on
+the same CPUs as everything else)."""
+MIN_WATTS = 75
+"""Per GPU. The policy moves the SM clock (DVFS): a virtual P40 serving batches of 8 peaks at
+about 68 W at its lowest clock and 120 W at its highest, so every cap from 75 W up can be
+held."""
 NOISE = 1.05
 """A sample of the summed peak power may exceed the budget by this factor (each pod's peak
 is the highest of five instant readings per 100 ms)."""
@@ -67,9 +73,10 @@ def inference(name: str, namespace: str, labels: dict[str, str]) -> dict[str, An
                 "model": MODEL,
                 "modelRepository": {"uri": "s3://capinfer-e2e/models"},
             },
-            # Batch size alone: the policy fills its band under the cap, so the pods draw enough
-            # for a budget to bind (Adaptive would lower clocks where the cap does not bind).
-            "power": {"capWatts": CAP_WATTS, "policy": "BatchSizer"},
+            # The clock alone: the policy raises it to fill its band under the cap, so the pods
+            # draw what their load allows when no budget binds (Adaptive would lower clocks
+            # where the cap does not bind), and lowers it within milliseconds under a budget.
+            "power": {"capWatts": CAP_WATTS, "policy": "DVFS"},
         },
     }
 
@@ -189,11 +196,10 @@ async def test_two_objects_share_one_budget_through_patches_down_and_up(
             names = [p["metadata"]["name"] for p in pods]
             await settle(local, [CAP_WATTS] * len(local), "the pods to settle under their caps")
             free = statistics.median(await summed_power(local, 12))
-            phases = [round(share * free) for share in PHASES]
+            floors = MIN_WATTS * len(local)
+            assert free > floors + 20, f"the pods draw {free:.1f} W: too little for budgets to bind"
+            phases = [round(floors + share * (free - floors)) for share in PHASES]
             print(f"no budget: the four pods draw {free:.1f} W (median); budgets {phases} W")
-            # Batch size alone cannot take a busy virtual P40 much below 90 W (batch 1 at full
-            # clock; a run with a 70 W floor drew 371 W under a 348 W budget): the floor keeps
-            # the split to caps the GPUs can hold, and the budgets stay above four floors.
             spec = {"watts": phases[0], "selector": {"matchLabels": team},
                     "defaults": {"minWattsPerGpu": MIN_WATTS}}  # fmt: skip
             manifest = {"apiVersion": "capinfer.io/v1alpha1", "kind": "PowerBudget",
