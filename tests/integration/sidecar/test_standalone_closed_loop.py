@@ -61,9 +61,12 @@ async def test_power_settles_in_the_band_and_follows_a_lower_cap(tmp_path: Path)
             first = await observe(pod, MEASURE_S)
             power_file.write_text(f"capWatts: 110\npolicy: Adaptive\nband: {BAND}\n")
             changed_at = time.monotonic()
+            # That it arrives, not how fast: the time is printed (a figure, which this
+            # machine's load decides), the deadline only ends a test whose cap never arrives.
             while pod.scrape().cap_watts != 110:
-                assert time.monotonic() - changed_at < 5, "the new cap never reached the sidecar"
+                assert time.monotonic() - changed_at < 60, "the new cap never reached the sidecar"
                 await asyncio.sleep(0.05)
+            print(f"the new cap reached the sidecar in {time.monotonic() - changed_at:.2f} s")
             await asyncio.sleep(SETTLE_S - MEASURE_S)
             second = await observe(pod, MEASURE_S)
             counts = await load.stop()
