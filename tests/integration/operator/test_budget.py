@@ -125,6 +125,15 @@ def settled(cluster: LocalCluster, name: str, pods: int, watts: float) -> bool:
     )
 
 
+def two_objects_running(
+    cluster: LocalCluster, namespace: str, team: dict[str, str], first: str, second: str
+) -> None:
+    """Apply two labelled objects of two replicas each; wait for their four pods Running."""
+    apply(cluster, labelled(first, namespace, team), labelled(second, namespace, team))
+    wait_for("four Running pods", lambda: len(running(cluster, namespace, first)) == 2
+             and len(running(cluster, namespace, second)) == 2)  # fmt: skip
+
+
 # -- a service budget -----------------------------------------------------------------------------
 def test_a_service_budget_splits_its_watts_where_they_buy_the_most_and_follows_patches(
     cluster: LocalCluster,
@@ -134,9 +143,7 @@ def test_a_service_budget_splits_its_watts_where_they_buy_the_most_and_follows_p
 ) -> None:
     team = {"team": f"t{uuid.uuid4().hex[:8]}"}
     name = f"svc-{uuid.uuid4().hex[:6]}"
-    apply(cluster, labelled("fast", namespace, team), labelled("slow", namespace, team))
-    wait_for("four Running pods", lambda: len(running(cluster, namespace, "fast")) == 2
-             and len(running(cluster, namespace, "slow")) == 2)  # fmt: skip
+    two_objects_running(cluster, namespace, team, "fast", "slow")
     with (
         SidecarStandIns(api_client, namespace, {"fast": FAST, "slow": SLOW}) as stand_ins,
         TransitChecker(api_client, namespace, name) as checker,
@@ -209,9 +216,7 @@ def test_minimums_that_cannot_all_be_met_park_the_lowest_priority_and_say_so(
 ) -> None:
     team = {"team": f"t{uuid.uuid4().hex[:8]}"}
     name = f"min-{uuid.uuid4().hex[:6]}"
-    apply(cluster, labelled("gold", namespace, team), labelled("bronze", namespace, team))
-    wait_for("four Running pods", lambda: len(running(cluster, namespace, "gold")) == 2
-             and len(running(cluster, namespace, "bronze")) == 2)  # fmt: skip
+    two_objects_running(cluster, namespace, team, "gold", "bronze")
     with SidecarStandIns(api_client, namespace, {"gold": FAST, "bronze": FAST}) as stand_ins:
         spec = {
             "selector": {"matchLabels": team},
